@@ -1,0 +1,1 @@
+"""Reading ECGs from the files datasets ship as, preprocessing, and synthetic datasets."""

@@ -1,0 +1,185 @@
+"""The one record type every reader returns, the canonical 12 leads, and bad-input handling.
+
+Shape legend used across ecgfm: B batch, T samples (time), C leads, N tokens, D width, K classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)  # fmt: skip
+# The eight leads a 12-lead device records independently; the other four follow from I and II.
+INDEPENDENT_LEADS: tuple[str, ...] = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+DERIVED_LIMB_LEADS: tuple[str, ...] = ("III", "aVR", "aVL", "aVF")
+
+_LEAD_ALIASES = {name.upper(): name for name in LEADS} | {
+    "D1": "I", "D2": "II", "D3": "III", "DI": "I", "DII": "II", "DIII": "III",
+}  # fmt: skip
+
+Sex = Literal["M", "F"]
+
+
+class EcgFormatError(ValueError):
+    """A file that does not hold what its format promises; the message names the file."""
+
+    def __init__(self, path: object, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EcgRecord:
+    """One ECG as every reader returns it.
+
+    Attributes:
+      signal: `[T, 12]` float32 in millivolts, leads in `LEADS` order, only the real samples
+        (padding that a format adds is removed).
+      sampling_rate: samples per second (Hz).
+      record_id: the source's own id of the exam/record, as a string.
+      source: which dataset/format it came from, e.g. "code", "ptbxl", "cpsc2018", "challenge".
+      labels: the source's own label namespace (CODE column names, PTB-XL SCP codes,
+        CPSC class names, SNOMED-CT codes), sorted.
+      patient_id: the source's patient id, or None where the source has none.
+      age: years, or None when unknown.
+      sex: "M", "F" or None.
+      derived_leads: leads computed from others (e.g. III, aVR, aVL, aVF from I and II).
+      metadata: source-specific fields a researcher needs (e.g. PTB-XL `strat_fold`).
+    """
+
+    signal: np.ndarray
+    sampling_rate: float
+    record_id: str
+    source: str
+    labels: tuple[str, ...] = ()
+    patient_id: str | None = None
+    age: float | None = None
+    sex: Sex | None = None
+    derived_leads: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.signal.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_samples / self.sampling_rate
+
+    def lead(self, name: str) -> np.ndarray:
+        """`[T]` samples of one lead, by canonical name."""
+        return self.signal[:, LEADS.index(canonical_lead_name(name))]
+
+
+def canonical_lead_name(name: str, path: object = "<lead names>") -> str:
+    """Maps a lead name as files spell it ("AVR", "avr", "DII") to its canonical form."""
+    key = name.strip().upper()
+    if key not in _LEAD_ALIASES:
+        raise EcgFormatError(path, f"unknown lead name {name!r}; expected one of {LEADS}")
+    return _LEAD_ALIASES[key]
+
+
+def derive_limb_leads(lead_I: np.ndarray, lead_II: np.ndarray) -> dict[str, np.ndarray]:
+    """III, aVR, aVL, aVF from I and II (Einthoven's law and Goldberger's augmented leads)."""
+    lead_III = lead_II - lead_I
+    return {
+        "III": lead_III,
+        "aVR": -(lead_I + lead_II) / 2,
+        "aVL": (lead_I - lead_III) / 2,
+        "aVF": (lead_II + lead_III) / 2,
+    }
+
+
+def to_canonical_leads(
+    signal_TC: np.ndarray, lead_names: Sequence[str], path: object
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Reorders `[T, C]` named leads into `[T, 12]` canonical order, deriving missing limb leads.
+
+    Returns the float32 signal and the names of the leads that were derived. Raises
+    `EcgFormatError` naming `path` for an unknown or repeated lead, a column count that does not
+    match the names, or a set of leads the 12 cannot be completed from.
+    """
+    if signal_TC.ndim != 2 or signal_TC.shape[1] != len(lead_names):
+        raise EcgFormatError(
+            path, f"signal has shape {signal_TC.shape}, expected [time, {len(lead_names)}] leads"
+        )
+    names = [canonical_lead_name(n, path) for n in lead_names]
+    if len(set(names)) != len(names):
+        raise EcgFormatError(path, f"repeated lead in {list(lead_names)}")
+    columns = {n: signal_TC[:, i].astype(np.float32) for i, n in enumerate(names)}
+    derived: tuple[str, ...] = ()
+    missing = [n for n in LEADS if n not in columns]
+    if missing:
+        if set(missing) - set(DERIVED_LIMB_LEADS) or not {"I", "II"} <= columns.keys():
+            raise EcgFormatError(
+                path, f"has leads {names}; cannot complete 12 leads (missing {missing})"
+            )
+        limb = derive_limb_leads(columns["I"], columns["II"])
+        for n in missing:
+            columns[n] = limb[n].astype(np.float32)
+        derived = tuple(n for n in LEADS if n in missing)
+    return np.stack([columns[n] for n in LEADS], axis=1), derived
+
+
+def check_signal(signal_TC: np.ndarray, path: object) -> np.ndarray:
+    """Returns a `[T, 12]` float32 signal, or raises naming `path` (wrong shape, empty, NaN/Inf)."""
+    if signal_TC.ndim != 2 or signal_TC.shape[1] != len(LEADS):
+        raise EcgFormatError(path, f"signal has shape {signal_TC.shape}, expected [time, 12]")
+    if signal_TC.shape[0] == 0:
+        raise EcgFormatError(path, "signal has no samples")
+    finite = np.isfinite(signal_TC)
+    if not finite.all():
+        bad_t, bad_c = np.nonzero(~finite)
+        raise EcgFormatError(
+            path,
+            f"{bad_t.size} non-finite samples (NaN/Inf), first at sample {bad_t[0]} "
+            f"of lead {LEADS[bad_c[0]]}",
+        )
+    return np.ascontiguousarray(signal_TC, dtype=np.float32)
+
+
+@dataclasses.dataclass
+class SkipLog:
+    """Records that a reader skipped because the caller asked it to skip bad input.
+
+    Nothing is dropped silently: each skip is logged as a warning and kept here with its reason.
+    """
+
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def add(self, where: object, reason: str) -> None:
+        log.warning("skipped %s: %s", where, reason)
+        self.skipped.append((str(where), reason))
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return "no records skipped"
+        lines = [f"{len(self.skipped)} records skipped:"]
+        lines += [f"  {where}: {reason}" for where, reason in self.skipped]
+        return "\n".join(lines)
+
+
+OnError = Literal["raise", "skip"]
+
+
+def handle_bad_record(
+    error: EcgFormatError, on_error: OnError, skip_log: SkipLog | None
+) -> None:
+    """Raises `error` unless the caller asked to skip, in which case it is counted and logged."""
+    if on_error == "raise":
+        raise error
+    if skip_log is None:
+        raise ValueError("on_error='skip' needs a SkipLog to record what was skipped") from error
+    skip_log.add(error.path, error.problem)

@@ -1,0 +1,25 @@
+"""Test session set-up: 8 fake CPU devices before JAX starts, so sharding code runs everywhere."""
+
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import absl.flags  # noqa: E402
+import pytest  # noqa: E402
+
+# grain's worker processes read absl flags; unparsed flags crash them (see shared/STACK.md).
+absl.flags.FLAGS.mark_as_parsed()
+
+REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> pathlib.Path:
+    """`../shared/data/real`: real records in their shipped formats (read-only)."""
+    if not REAL_DATA.is_dir():
+        pytest.fail(f"real sample data not found at {REAL_DATA}")
+    return REAL_DATA
