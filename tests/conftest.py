@@ -8,8 +8,8 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import absl.flags  # noqa: E402
-import pytest  # noqa: E402
+import absl.flags
+import pytest
 
 # grain's worker processes read absl flags; unparsed flags crash them (see shared/STACK.md).
 absl.flags.FLAGS.mark_as_parsed()

@@ -174,9 +174,7 @@ class SkipLog:
 OnError = Literal["raise", "skip"]
 
 
-def handle_bad_record(
-    error: EcgFormatError, on_error: OnError, skip_log: SkipLog | None
-) -> None:
+def handle_bad_record(error: EcgFormatError, on_error: OnError, skip_log: SkipLog | None) -> None:
     """Raises `error` unless the caller asked to skip, in which case it is counted and logged."""
     if on_error == "raise":
         raise error

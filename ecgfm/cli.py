@@ -1,0 +1,254 @@
+"""The `ecgfm` command: parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+from collections.abc import Sequence
+
+DESCRIPTION = """\
+ecgfm: pretrain ECG foundation models on CODE-II and transfer them to PTB-XL and CPSC 2018.
+
+Start with `ecgfm demo` (the whole pipeline on synthetic data, a few minutes on a CPU), or
+`ecgfm synth code --out DIR` + `ecgfm inspect DIR/exams_part0.hdf5#1` to look at data.
+"""
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from ecgfm.data.summary import summarize_path
+
+    for path in args.paths:
+        summary = summarize_path(path)
+        if args.json:
+            print(json.dumps(summary), flush=True)
+        else:
+            print(_format_summary(summary), flush=True)
+    return 0
+
+
+def _format_summary(summary: dict) -> str:
+    if "splits" in summary:  # a built dataset
+        return json.dumps(summary, indent=2)
+    lines = [
+        f"{summary['path']}  [{summary['format']}]",
+        f"  record {summary['record_id']}  patient {summary.get('patient_id')}  "
+        f"age {summary['age']}  sex {summary['sex']}",
+        f"  {summary['num_samples']} samples at {summary['sampling_rate']:g} Hz "
+        f"({summary['num_samples'] / summary['sampling_rate']:.2f} s)",
+        f"  labels: {', '.join(summary['labels']) or '(none)'}",
+    ]
+    if summary.get("derived_leads"):
+        lines.append(f"  derived leads: {', '.join(summary['derived_leads'])}")
+    lines.append("  lead      mean mV    std mV")
+    for lead, mean, std in zip(
+        summary["leads"], summary["lead_mean_mv"], summary["lead_std_mv"], strict=True
+    ):
+        lines.append(f"  {lead:<6} {mean:>10.4f} {std:>9.4f}")
+    return "\n".join(lines)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from ecgfm.data.synthetic import write_dataset
+
+    out = write_dataset(args.layout, args.out, num_records=args.exams, seed=args.seed)
+    print(f"wrote a synthetic {args.layout} dataset ({args.exams} records) to {out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from ecgfm.data.formats import read_any
+    from ecgfm.plot import plot_12lead
+
+    out = plot_12lead(read_any(args.path), args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from ecgfm.data.tfds_builders import prepare_dataset
+
+    summary = prepare_dataset(
+        args.dataset, args.src, args.data_dir, on_error="skip" if args.skip_bad else "raise"
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
+    from ecgfm.config import load_config
+    from ecgfm.train import train_and_evaluate
+
+    config = load_config(args.config, overrides)
+    train_and_evaluate(config, args.workdir)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ecgfm.export import export_encoder
+
+    print(f"exported encoder to {export_encoder(args.workdir, args.out)}")
+    return 0
+
+
+def _load_matrix(path: pathlib.Path, what: str):
+    import numpy as np
+
+    try:
+        array = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, delimiter=",", ndmin=2)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"ecgfm evaluate: cannot read {what} from {path}: {error}") from error
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise SystemExit(f"ecgfm evaluate: {path}: {what} must be [examples, classes]")
+    return array
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ecgfm.transfer.metrics import evaluate
+
+    labels = _load_matrix(args.labels, "labels")
+    scores = _load_matrix(args.scores, "scores")
+    thresholds = _load_matrix(args.thresholds, "thresholds")[:, 0] if args.thresholds else None
+    try:
+        result = evaluate(
+            labels,
+            scores,
+            class_names=args.class_names.split(",") if args.class_names else None,
+            thresholds_K=thresholds,
+            num_bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except ValueError as error:
+        raise SystemExit(f"ecgfm evaluate: {args.labels} / {args.scores}: {error}") from error
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['num_examples']} examples, {len(result['class_names'])} classes")
+    for name in ("macro_auroc", "macro_auprc"):
+        low, high = result.get(f"{name}_ci", (float("nan"), float("nan")))
+        print(f"  {name:<12} {result[name]:.4f}  [{low:.4f}, {high:.4f}]")
+    for name in ("f_beta2", "g_beta2", "fmax"):
+        print(f"  {name:<12} {result[name]:.4f}")
+    print(f"  (thresholds for F/G beta from {result['thresholds_from']})")
+    for cls, auroc in zip(result["class_names"], result["per_class_auroc"], strict=True):
+        print(f"    {cls:<16} AUROC {auroc:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecgfm", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "inspect",
+        help="summarise ECG records or a built dataset",
+        description="Summarises each PATH: a CPSC 2018 `A0001.mat`, a Challenge `X.hea`/`X.mat`, "
+        "a PTB-XL record (`.../records500/00000/00001_hr`), `FILE.hdf5#EXAM_ID` for a CODE exam, "
+        "or a dataset built by `ecgfm prepare` (DATA_DIR/NAME).",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per PATH")
+    p.set_defaults(run=_inspect)
+
+    p = commands.add_parser(
+        "synth",
+        help="write a synthetic dataset in a real dataset's layout",
+        description="Writes synthetic 12-lead ECGs whose labels change the signal the way the "
+        "condition does, in the exact file layout of CODE-15%%, PTB-XL or CPSC 2018.",
+    )
+    p.add_argument("layout", choices=("code", "ptbxl", "cpsc2018"))
+    p.add_argument("--out", required=True, type=pathlib.Path, help="output folder")
+    p.add_argument("--exams", type=int, default=200, help="number of exams/records")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_synth)
+
+    p = commands.add_parser("plot", help="draw the standard 12-lead grid of one record")
+    p.add_argument("path", metavar="PATH", help="any PATH `ecgfm inspect` accepts")
+    p.add_argument("--out", required=True, type=pathlib.Path, help="image file (.png, .pdf)")
+    p.set_defaults(run=_plot)
+
+    p = commands.add_parser(
+        "prepare",
+        help="build a TFDS array_record dataset from files you have",
+        description="Builds DATASET from the folder SRC (the files as the dataset ships them; "
+        "nothing is downloaded) into DATA_DIR as array_record shards that grain reads.",
+    )
+    p.add_argument("dataset", choices=("code", "ptbxl", "cpsc2018"))
+    p.add_argument("--src", required=True, type=pathlib.Path, help="the dataset as shipped")
+    p.add_argument("--data-dir", required=True, type=pathlib.Path, help="TFDS data dir")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip unreadable records (counted and listed)"
+    )
+    p.set_defaults(run=_prepare)
+
+    p = commands.add_parser(
+        "pretrain",
+        help="pretrain an encoder from an experiment config",
+        description="Trains per CONFIG (experiments/configs/*.py) in WORKDIR; resumes when "
+        "WORKDIR holds a checkpoint. Override any field: --config.train.steps=100.",
+    )
+    p.add_argument("--config", required=True, type=pathlib.Path)
+    p.add_argument("--workdir", required=True, type=pathlib.Path)
+    p.set_defaults(run=_pretrain, takes_overrides=True)
+
+    p = commands.add_parser("export", help="write a shareable, self-describing encoder")
+    p.add_argument("--workdir", required=True, type=pathlib.Path)
+    p.add_argument("--out", required=True, type=pathlib.Path)
+    p.set_defaults(run=_export)
+
+    p = commands.add_parser(
+        "evaluate",
+        help="score prediction files with the benchmark metrics and 95%% CIs",
+        description="Scores any multilabel predictions (ecgfm's or another framework's) the same "
+        "way: macro/per-class AUROC, macro AUPRC, F/G beta=2 (PTB-XL benchmark), Fmax, with "
+        "bootstrap confidence intervals that keep every class present. Files: .npy or .csv, "
+        "[examples, classes].",
+    )
+    p.add_argument("--labels", required=True, type=pathlib.Path, help="0/1 labels")
+    p.add_argument("--scores", required=True, type=pathlib.Path, help="scores or probabilities")
+    p.add_argument(
+        "--thresholds",
+        type=pathlib.Path,
+        help="per-class thresholds for F/G beta (fit on validation data); default: fit here",
+    )
+    p.add_argument("--class-names", help="comma-separated, in column order")
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no CIs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "takes_overrides", False):
+        bad = [a for a in unknown if not a.startswith("--config.")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        return args.run(args, [a.removeprefix("--") for a in unknown])
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from ecgfm.data.record import EcgFormatError
+
+    try:
+        return args.run(args)
+    except EcgFormatError as error:
+        print(f"ecgfm {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""CPSC 2018 in its original layout: `A*.mat` (MATLAB 5 struct `ECG`) plus `REFERENCE.csv`.
+
+Each `A0001.mat` holds one struct `ECG` with fields `sex` (char, 'Male'/'Female'), `age`
+(uint8 1×1) and `data` (double 12 × T), at 500 Hz, 6–60 s. `REFERENCE.csv` has the columns
+Recording, First_label, Second_label, Third_label; labels are 1–9 (`CPSC_CLASSES`, index + 1),
+the second and third may be blank.
+
+What the real files show (A1980–A1984 in shared/data/real/cpsc2018):
+- `data` is in millivolts: the 99th percentile of |amplitude| is 0.7–1.0 mV and the maximum
+  1.2–2.1 mV, which is an ECG in mV (µV would be ~1000× larger); two of the five files are
+  quantised in steps of exactly 0.001 (1 µV).
+- Rows are I, II, III, aVR, aVL, aVF, V1–V6: III equals II − I to 1e-15 mV and aVR equals
+  −(I + II)/2 to within 1.1 µV in every file.
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+import zlib
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import scipy.io
+from scipy.io.matlab import MatReadError
+
+from ecgfm.data.record import (
+    LEADS,
+    EcgFormatError,
+    EcgRecord,
+    OnError,
+    Sex,
+    SkipLog,
+    check_signal,
+    handle_bad_record,
+)
+
+CPSC_CLASSES: tuple[str, ...] = (
+    "Normal", "AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC", "STD", "STE",
+)  # fmt: skip
+
+# The SNOMED-CT codes the PhysioNet/CinC Challenge gave the nine classes (its dx_mapping tables,
+# CPSC column). Normal is "sinus rhythm" and PVC is "ventricular ectopics" 164884008, not the
+# Challenge's scored PVC code 427172004; STD and STE are in the unscored table.
+CPSC_TO_SNOMED: Mapping[str, str] = {
+    "Normal": "426783006",
+    "AF": "164889003",
+    "I-AVB": "270492004",
+    "LBBB": "164909002",
+    "RBBB": "59118001",
+    "PAC": "284470004",
+    "PVC": "164884008",
+    "STD": "429622005",
+    "STE": "164931005",
+}
+
+CPSC_SAMPLING_RATE = 500.0
+# Row order of `ECG.data`, checked on the real files (see the module docstring).
+CPSC_LEADS: tuple[str, ...] = LEADS
+REFERENCE_HEADER: tuple[str, ...] = ("Recording", "First_label", "Second_label", "Third_label")
+
+_SEX: dict[str, Sex] = {"male": "M", "m": "M", "female": "F", "f": "F"}
+_UNKNOWN = {"", "unknown", "nan", "none"}
+_MAT_ERRORS = (MatReadError, OSError, ValueError, TypeError, zlib.error)
+
+
+def read_cpsc_mat(path: str | pathlib.Path, labels: tuple[str, ...] = ()) -> EcgRecord:
+    """Reads one CPSC 2018 `A*.mat` into an `EcgRecord` (`[T, 12]` mV, 500 Hz).
+
+    `labels` are CPSC class names (from `read_reference`); the record stores them sorted and
+    keeps `REFERENCE.csv`'s order in `metadata["reference_labels"]`.
+    """
+    path = pathlib.Path(path)
+    unknown = [name for name in labels if name not in CPSC_CLASSES]
+    if unknown:
+        raise EcgFormatError(path, f"labels {unknown} are not CPSC classes {CPSC_CLASSES}")
+    if not path.is_file():
+        raise EcgFormatError(path, "signal file is missing")
+    try:
+        contents = scipy.io.loadmat(path)
+    except _MAT_ERRORS as err:
+        raise EcgFormatError(path, f"unreadable MATLAB file ({err})") from err
+    ecg = contents.get("ECG")
+    fields = () if ecg is None or ecg.dtype.names is None else ecg.dtype.names
+    if ecg is None or ecg.size != 1 or not {"sex", "age", "data"} <= set(fields):
+        raise EcgFormatError(path, "no 1×1 struct 'ECG' with fields sex, age, data")
+    ecg = ecg.flat[0]
+    data_CT = np.asarray(ecg["data"])
+    if data_CT.ndim != 2 or data_CT.shape[0] != len(CPSC_LEADS):
+        raise EcgFormatError(path, f"ECG.data has shape {data_CT.shape}, expected [12, time]")
+    if not np.issubdtype(data_CT.dtype, np.number):
+        raise EcgFormatError(path, f"ECG.data has non-numeric type {data_CT.dtype}")
+    return EcgRecord(
+        signal=check_signal(data_CT.T, path),
+        sampling_rate=CPSC_SAMPLING_RATE,
+        record_id=path.stem,
+        source="cpsc2018",
+        labels=tuple(sorted(labels)),
+        age=_read_age(ecg["age"], path),
+        sex=_read_sex(ecg["sex"], path),
+        metadata={"reference_labels": tuple(labels)},
+    )
+
+
+def _read_age(value: np.ndarray, path: pathlib.Path) -> float | None:
+    """Age in years from `ECG.age` (uint8 1×1 in the real files); empty or NaN means unknown."""
+    value = np.asarray(value)
+    if value.size == 0:
+        return None
+    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
+        raise EcgFormatError(path, f"ECG.age is {value!r}, expected one number")
+    age = float(value.flat[0])
+    if np.isnan(age):
+        return None
+    if not 0 <= age <= 150:
+        raise EcgFormatError(path, f"ECG.age is {age}, not an age in years")
+    return age
+
+
+def _read_sex(value: np.ndarray, path: pathlib.Path) -> Sex | None:
+    """'M'/'F' from `ECG.sex` (MATLAB char 'Male'/'Female' in the real files)."""
+    value = np.asarray(value)
+    if value.size == 0:
+        return None
+    if value.dtype.kind != "U":
+        raise EcgFormatError(path, f"ECG.sex is {value!r}, expected text")
+    text = "".join(str(v) for v in value.flat)
+    key = text.strip().lower()
+    if key in _UNKNOWN:
+        return None
+    if key not in _SEX:
+        raise EcgFormatError(path, f"ECG.sex is {text!r}, expected 'Male' or 'Female'")
+    return _SEX[key]
+
+
+def read_reference(path: str | pathlib.Path) -> dict[str, tuple[str, ...]]:
+    """Reads `REFERENCE.csv` into {record_id: CPSC class names in the row's order}.
+
+    Every row needs a recording name and a first label; the second and third may be blank.
+    A wrong header, a label outside 1–9, a repeated label or a repeated recording raises
+    `EcgFormatError` naming the file and line.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise EcgFormatError(path, "reference file is missing")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    if not rows or tuple(c.strip() for c in rows[0]) != REFERENCE_HEADER:
+        found = rows[0] if rows else "an empty file"
+        raise EcgFormatError(path, f"line 1: header is {found}, expected {list(REFERENCE_HEADER)}")
+    reference: dict[str, tuple[str, ...]] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"line {line} {row}"
+        if len(row) > len(REFERENCE_HEADER):
+            raise EcgFormatError(path, f"{where}: more than {len(REFERENCE_HEADER)} columns")
+        record_id, *cells = (cell.strip() for cell in row)
+        if not record_id:
+            raise EcgFormatError(path, f"{where}: no recording name")
+        if record_id in reference:
+            raise EcgFormatError(path, f"{where}: recording {record_id} is listed twice")
+        codes = [c for c in cells if c]
+        if not codes or not cells[0]:
+            raise EcgFormatError(path, f"{where}: no first label")
+        if any(c not in {str(i) for i in range(1, 10)} for c in codes):
+            raise EcgFormatError(path, f"{where}: labels must be integers 1–9")
+        if len(set(codes)) != len(codes):
+            raise EcgFormatError(path, f"{where}: repeated label")
+        reference[record_id] = tuple(CPSC_CLASSES[int(c) - 1] for c in codes)
+    return reference
+
+
+class Cpsc2018:
+    """CPSC 2018 in its original layout: `A*.mat` anywhere under `root`, labels from a reference.
+
+    `reference` defaults to `root/REFERENCE.csv`; pass `None` for unlabelled records (e.g. the
+    CPSC test set), which then carry no labels. `record_ids` is every id that either a `.mat`
+    or a reference row names: an id with a reference row but no `.mat`, or a `.mat` with no
+    reference row, is kept in the list so that reading it raises `EcgFormatError` (or, in
+    `iter_records(on_error="skip")`, is counted in the `SkipLog`) rather than vanishing.
+    """
+
+    def __init__(
+        self,
+        root: str | pathlib.Path,
+        reference: str | pathlib.Path | None = "REFERENCE.csv",
+    ):
+        self.root = pathlib.Path(root)
+        if not self.root.is_dir():
+            raise EcgFormatError(self.root, "dataset folder is missing")
+        self._mat_files: dict[str, pathlib.Path] = {}
+        for mat in sorted(self.root.rglob("*.mat")):
+            if mat.stem in self._mat_files:
+                raise EcgFormatError(
+                    mat, f"repeats record {mat.stem} of {self._mat_files[mat.stem]}"
+                )
+            self._mat_files[mat.stem] = mat
+        self.reference_path = None if reference is None else self.root / reference
+        self._labels = None if self.reference_path is None else read_reference(self.reference_path)
+        self.record_ids: tuple[str, ...] = tuple(
+            sorted(self._mat_files.keys() | (self._labels or {}).keys())
+        )
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def read(self, record_id: str) -> EcgRecord:
+        """Reads one record with its labels; raises `EcgFormatError` if either is missing."""
+        mat = self._mat_files.get(record_id)
+        if mat is None:
+            where = self.reference_path if self._labels is not None else self.root
+            raise EcgFormatError(
+                where, f"record {record_id} has no {record_id}.mat under {self.root}"
+            )
+        if self._labels is None:
+            return read_cpsc_mat(mat)
+        if record_id not in self._labels:
+            raise EcgFormatError(mat, f"record has no row in {self.reference_path}")
+        return read_cpsc_mat(mat, self._labels[record_id])
+
+    def iter_records(
+        self, on_error: OnError = "raise", skip_log: SkipLog | None = None
+    ) -> Iterator[EcgRecord]:
+        """Yields every record in `record_ids` order; bad ones raise or are skipped and logged."""
+        for record_id in self.record_ids:
+            try:
+                record = self.read(record_id)
+            except EcgFormatError as err:
+                handle_bad_record(err, on_error, skip_log)
+                continue
+            yield record
+
+
+def read_cpsc_mat_with_reference(path: str | pathlib.Path) -> EcgRecord:
+    """Reads one `A*.mat` with its labels from a `REFERENCE.csv` beside it or one folder up.
+
+    The original download keeps the `.mat` files in `TrainingSet1..3/` folders with the
+    reference next to them or above them. With no `REFERENCE.csv` found the record is returned
+    unlabelled; a reference that lacks the record raises `EcgFormatError`.
+    """
+    path = pathlib.Path(path)
+    for folder in (path.parent, path.parent.parent):
+        reference_path = folder / "REFERENCE.csv"
+        if reference_path.is_file():
+            reference = read_reference(reference_path)
+            if path.stem not in reference:
+                raise EcgFormatError(path, f"record has no row in {reference_path}")
+            return read_cpsc_mat(path, reference[path.stem])
+    return read_cpsc_mat(path)

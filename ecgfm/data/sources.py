@@ -1,0 +1,387 @@
+"""Random-access sources of training elements: built TFDS datasets, raw CODE folders, memory.
+
+Every source is a picklable sequence (grain worker processes are spawned and receive a copy)
+whose `source[i]` is one element::
+
+    {"signal": [T, C] float32, "labels": [K] float32 in {0, 1}, "label_mask": [K] float32
+     (1 = label known), "record_id": str, "patient_id": str ("" where unknown)}
+
+and which exposes `label_names` (the K names), `preprocessing` (the `Preprocessing` its signals
+went through, or None for raw millivolts), `record_ids` and `patient_ids` (per index, None where
+the source has no patients). `ecgfm.data.pipeline` turns a source into batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ecgfm.data.preprocessing import Preprocessing
+from ecgfm.data.record import EcgRecord
+
+Element = dict[str, Any]
+# Written beside a built dataset's TFDS files: record_id and patient_id of each split in
+# storage order (TFDS stores only the examples), so patient views need no pass over signals.
+INDEX_FILE = "ecgfm_index_{split}.npz"
+ECGFM_METADATA_KEY = "ecgfm"
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What `ecgfm.data.pipeline` reads from: a sized, picklable, random-access element store."""
+
+    label_names: tuple[str, ...]
+    preprocessing: Preprocessing | None
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Element: ...
+
+    @property
+    def record_ids(self) -> Sequence[str]: ...
+
+    @property
+    def patient_ids(self) -> Sequence[str] | None: ...
+
+
+def multi_hot(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarray:
+    """`[K]` float32 with 1 where a name of `label_names` is in `labels`; unknown names raise."""
+    index = {name: k for k, name in enumerate(label_names)}
+    unknown = sorted(set(labels) - index.keys())
+    if unknown:
+        raise ValueError(f"labels {unknown} are not in the label set {list(label_names)}")
+    out_K = np.zeros(len(label_names), np.float32)
+    out_K[[index[name] for name in labels]] = 1.0
+    return out_K
+
+
+def element_from_record(
+    record: EcgRecord, label_names: Sequence[str], preprocessing: Preprocessing | None = None
+) -> Element:
+    """One element from an `EcgRecord`: signal through `preprocessing`, all labels known."""
+    signal_TC = record.signal if preprocessing is None else preprocessing.apply(record)
+    return {
+        "signal": np.asarray(signal_TC, np.float32),
+        "labels": multi_hot(record.labels, label_names),
+        "label_mask": np.ones(len(label_names), np.float32),
+        "record_id": record.record_id,
+        "patient_id": record.patient_id or "",
+    }
+
+
+class InMemorySource:
+    """Elements held in memory: for tests, small datasets and records read once.
+
+    Signals are taken as already prepared; `preprocessing` only says how (it is reported, not
+    applied). Use `from_records` to prepare `EcgRecord`s.
+    """
+
+    def __init__(
+        self,
+        signals: Sequence[np.ndarray],
+        labels_NK: np.ndarray,
+        *,
+        label_names: Sequence[str],
+        record_ids: Sequence[str] | None = None,
+        patient_ids: Sequence[str] | None = None,
+        label_mask_NK: np.ndarray | None = None,
+        preprocessing: Preprocessing | None = None,
+    ):
+        num = len(signals)
+        labels_NK = np.asarray(labels_NK, np.float32).reshape(num, len(label_names))
+        if label_mask_NK is None:
+            label_mask_NK = np.ones_like(labels_NK)
+        label_mask_NK = np.asarray(label_mask_NK, np.float32)
+        if label_mask_NK.shape != labels_NK.shape:
+            raise ValueError(f"label_mask {label_mask_NK.shape} != labels {labels_NK.shape}")
+        for name, ids in (("record_ids", record_ids), ("patient_ids", patient_ids)):
+            if ids is not None and len(ids) != num:
+                raise ValueError(f"{name} has {len(ids)} entries for {num} signals")
+        self._signals = [np.asarray(s, np.float32) for s in signals]
+        self._labels_NK = labels_NK
+        self._label_mask_NK = label_mask_NK
+        self.label_names = tuple(label_names)
+        self._record_ids = tuple(str(r) for r in (record_ids or range(num)))
+        self._patient_ids = None if patient_ids is None else tuple(str(p) for p in patient_ids)
+        self.preprocessing = preprocessing
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[EcgRecord],
+        label_names: Sequence[str],
+        preprocessing: Preprocessing | None = None,
+    ) -> InMemorySource:
+        """Prepares each record's signal with `preprocessing`; labels by name."""
+        elements = [element_from_record(r, label_names, preprocessing) for r in records]
+        patients = [r.patient_id for r in records]
+        return cls(
+            [e["signal"] for e in elements],
+            np.stack([e["labels"] for e in elements]) if elements else np.zeros((0, 0)),
+            label_names=label_names,
+            record_ids=[r.record_id for r in records],
+            patient_ids=None if all(p is None for p in patients) else [p or "" for p in patients],
+            preprocessing=preprocessing,
+        )
+
+    def __len__(self) -> int:
+        return len(self._signals)
+
+    def __getitem__(self, index: int) -> Element:
+        index = int(index)
+        return {
+            "signal": self._signals[index],
+            "labels": self._labels_NK[index],
+            "label_mask": self._label_mask_NK[index],
+            "record_id": self._record_ids[index],
+            "patient_id": "" if self._patient_ids is None else self._patient_ids[index],
+        }
+
+    @property
+    def record_ids(self) -> tuple[str, ...]:
+        return self._record_ids
+
+    @property
+    def patient_ids(self) -> tuple[str, ...] | None:
+        return self._patient_ids
+
+
+class CodeHdf5Source:
+    """A raw CODE-15% / CODE-II folder read directly (no prepare step), e.g. for smoke runs.
+
+    Random access into the HDF5 parts through `ecgfm.data.code.CodeDataset`; the reader (and its
+    open files) is created lazily in each process, so the source pickles as its folder and ids.
+    `record_ids` restricts it to those exams (e.g. one side of `splits.patient_split`).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        preprocessing: Preprocessing | None = None,
+        record_ids: Sequence[str] | None = None,
+    ):
+        self.root = pathlib.Path(root)
+        self.preprocessing = preprocessing
+        dataset = self._dataset()
+        self.label_names = tuple(dataset.label_names)
+        known = tuple(str(r) for r in dataset.record_ids)
+        if record_ids is None:
+            self._record_ids = known
+        else:
+            missing = sorted(set(map(str, record_ids)) - set(known))
+            if missing:
+                raise KeyError(f"{len(missing)} exams not in {self.root}, e.g. {missing[:5]}")
+            self._record_ids = tuple(str(r) for r in record_ids)
+        patients = dataset.patient_ids()
+        self._patient_ids = tuple(str(patients[r]) for r in self._record_ids)
+
+    def _dataset(self):
+        if getattr(self, "_reader", None) is None:
+            from ecgfm.data.code import CodeDataset
+
+            self._reader = CodeDataset(self.root)
+        return self._reader
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open HDF5 handles cannot cross a process boundary; each process reopens its own.
+        return {k: v for k, v in self.__dict__.items() if k != "_reader"}
+
+    def __len__(self) -> int:
+        return len(self._record_ids)
+
+    def __getitem__(self, index: int) -> Element:
+        record = self._dataset().read(self._record_ids[int(index)])
+        return element_from_record(record, self.label_names, self.preprocessing)
+
+    @property
+    def record_ids(self) -> tuple[str, ...]:
+        return self._record_ids
+
+    @property
+    def patient_ids(self) -> tuple[str, ...]:
+        return self._patient_ids
+
+
+def built_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path:
+    """`<data_dir>/<name>/<config>/<version>` of a dataset built by `prepare_dataset`."""
+    found = sorted(pathlib.Path(data_dir, name).glob("*/*/dataset_info.json"))
+    if not found:
+        raise FileNotFoundError(
+            f"no built dataset {name!r} under {data_dir} (expected "
+            f"{name}/<config>/<version>/dataset_info.json); run `ecgfm prepare {name}` first"
+        )
+    if len(found) > 1:
+        raise ValueError(
+            f"several builds of {name!r} under {data_dir}: {[str(p.parent) for p in found]}; "
+            "keep one per data_dir"
+        )
+    return found[0].parent
+
+
+def read_ecgfm_metadata(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ecgfm part of a built dataset's `metadata.json` (tasks, preprocessing, storage)."""
+    path = pathlib.Path(dataset_dir, "metadata.json")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {dataset_dir} was not built by ecgfm")
+    return json.loads(path.read_text())[ECGFM_METADATA_KEY]
+
+
+def decode_signal(signal_TC: np.ndarray, scale: float) -> np.ndarray:
+    """Stored int16 counts → float32 values (`counts · scale`, mV or the spec's units)."""
+    return (np.asarray(signal_TC, np.float32) * np.float32(scale)).astype(np.float32)
+
+
+class TfdsSource:
+    """A split of a dataset built by `ecgfm.data.tfds_builders.prepare_dataset`.
+
+    Reads through `tfds.data_source` (array_record, random access, no TensorFlow). `task`
+    picks the label set for datasets that have several (PTB-XL's six); None takes the
+    dataset's default task.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        name: str,
+        split: str,
+        *,
+        task: str | None = None,
+    ):
+        self.dataset_dir = built_dataset_dir(data_dir, name)
+        self.split = split
+        metadata = read_ecgfm_metadata(self.dataset_dir)
+        tasks = metadata["tasks"]
+        self.task = metadata["default_task"] if task is None else task
+        if self.task not in tasks:
+            raise ValueError(f"{name} has tasks {sorted(tasks)}, not {self.task!r}")
+        self.label_names = tuple(tasks[self.task])
+        spec = metadata["preprocessing"]
+        self.preprocessing = None if spec is None else Preprocessing.from_dict(spec)
+        index_path = self.dataset_dir / INDEX_FILE.format(split=split)
+        if not index_path.is_file():
+            raise FileNotFoundError(f"{index_path} is missing; is {split!r} a split of {name}?")
+        with np.load(index_path, allow_pickle=False) as index:
+            self._record_ids = tuple(index["record_id"].tolist())
+            patients = index["patient_id"].tolist()
+        self._patient_ids = tuple(patients) if any(patients) else None
+        self._data_source = None
+        if len(self) != len(self._records()):
+            raise ValueError(
+                f"{index_path} lists {len(self)} records but split {split!r} holds "
+                f"{len(self._records())}: the build is incomplete or was changed"
+            )
+
+    def _records(self):
+        if self._data_source is None:
+            import tensorflow_datasets as tfds
+
+            self._data_source = tfds.builder_from_directory(self.dataset_dir).as_data_source(
+                self.split
+            )
+        return self._data_source
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_data_source": None}
+
+    def __len__(self) -> int:
+        return len(self._record_ids)
+
+    def _element(self, example: dict[str, Any], index: int) -> Element:
+        record_id = example["record_id"]
+        record_id = record_id.decode() if isinstance(record_id, bytes) else str(record_id)
+        if record_id != self._record_ids[index]:
+            raise ValueError(
+                f"{self.dataset_dir}: split {self.split!r} row {index} holds {record_id!r}, "
+                f"the index says {self._record_ids[index]!r}: the shards were changed"
+            )
+        return {
+            "signal": decode_signal(example["signal"], example["signal_scale"]),
+            "labels": np.asarray(example["labels"][self.task], np.float32),
+            "label_mask": np.asarray(example["label_mask"][self.task], np.float32),
+            "record_id": record_id,
+            "patient_id": "" if self._patient_ids is None else self._patient_ids[index],
+        }
+
+    def __getitem__(self, index: int) -> Element:
+        index = int(index)
+        return self._element(self._records()[index], index)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Element]:
+        examples = self._records().__getitems__([int(i) for i in indices])
+        return [self._element(e, int(i)) for e, i in zip(examples, indices, strict=True)]
+
+    def example(self, index: int) -> dict[str, Any]:
+        """The stored example as TFDS decodes it (all tasks, metadata fields)."""
+        return self._records()[int(index)]
+
+    @property
+    def record_ids(self) -> tuple[str, ...]:
+        return self._record_ids
+
+    @property
+    def patient_ids(self) -> tuple[str, ...] | None:
+        return self._patient_ids
+
+
+class PatientPairSource:
+    """Pairs of different exams of one patient (CLOCS-style contrastive views).
+
+    Index i is the i-th exam among patients with at least two exams; its partner is another
+    exam of the same patient, drawn from a generator seeded by (seed, i). An element is the
+    anchor's element plus `signal_b`, `record_id_b` (the partner's); labels are the anchor's.
+    """
+
+    def __init__(self, source: Source, *, seed: int = 0):
+        patient_ids = source.patient_ids
+        if patient_ids is None:
+            raise ValueError(f"{type(source).__name__} has no patient ids; cannot pair exams")
+        by_patient: dict[str, list[int]] = {}
+        for index, patient in enumerate(patient_ids):
+            if patient:
+                by_patient.setdefault(patient, []).append(index)
+        self._groups = [g for g in by_patient.values() if len(g) > 1]
+        self._anchors = [(a, g) for g in self._groups for a in range(len(g))]
+        if not self._anchors:
+            raise ValueError("no patient has two or more exams in this source")
+        self.source = source
+        self.seed = seed
+        self.label_names = source.label_names
+        self.preprocessing = source.preprocessing
+
+    @property
+    def num_patients(self) -> int:
+        return len(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._anchors)
+
+    def pair(self, index: int) -> tuple[int, int]:
+        """Source indices (anchor, partner) of pair `index`: two exams of one patient."""
+        position, group = self._anchors[int(index)]
+        rng = np.random.default_rng([self.seed, int(index)])
+        other = int(rng.integers(len(group) - 1))
+        return group[position], group[other + (other >= position)]
+
+    def __getitem__(self, index: int) -> Element:
+        anchor, partner = self.pair(index)
+        element = dict(self.source[anchor])
+        other = self.source[partner]
+        element["signal_b"] = other["signal"]
+        element["record_id_b"] = other["record_id"]
+        return element
+
+    @property
+    def record_ids(self) -> list[str]:
+        ids = self.source.record_ids
+        return [ids[self.pair(i)[0]] for i in range(len(self))]
+
+    @property
+    def patient_ids(self) -> list[str]:
+        ids = self.source.patient_ids
+        return [ids[self.pair(i)[0]] for i in range(len(self))]

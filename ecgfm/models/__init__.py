@@ -1,0 +1,129 @@
+"""ECG encoders in Flax NNX, their classification heads, and the registry that builds them.
+
+Every encoder maps `signal [B, T, C]` to `EncoderOutput(features_BND, embedding_BD)` with
+`__call__(signal_BTC, *, train, rngs=None)`; `train` switches dropout on and BatchNorm to batch
+statistics, `rngs` carries the "dropout" stream (derive it per step, e.g.
+`nnx.Rngs(dropout=jax.random.fold_in(key, step))`). Models hold only parameters and batch
+statistics, so `graphdef, state = nnx.split(model)` gives a plain pytree for jitted steps.
+
+    model = build_model("xresnet1d", {"depth": 50}, num_classes=5, rngs=nnx.Rngs(0))
+    logits_BK = model(signal_BTC, train=False)
+    encoder = model.encoder  # without the head, for export or transfer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ecgfm.models.heads import Classifier, EncoderOutput, FlattenHead, LinearHead
+from ecgfm.models.resnet1d import RibeiroResNet, RibeiroResNetConfig
+from ecgfm.models.vit1d import ViT1d, ViT1dConfig
+from ecgfm.models.xresnet1d import XResNet1d, XResNet1dConfig
+
+__all__ = [
+    "MODELS",
+    "Classifier",
+    "EncoderOutput",
+    "FlattenHead",
+    "LinearHead",
+    "ModelFamily",
+    "RibeiroResNet",
+    "RibeiroResNetConfig",
+    "ViT1d",
+    "ViT1dConfig",
+    "XResNet1d",
+    "XResNet1dConfig",
+    "build_encoder",
+    "build_model",
+    "make_config",
+]
+
+
+def _ribeiro_head(config: RibeiroResNetConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    return FlattenHead(
+        config.output_length,
+        config.widths[-1],
+        num_classes,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        rngs=rngs,
+    )
+
+
+def _xresnet_head(config: XResNet1dConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    return LinearHead(
+        config.embedding_dim,
+        num_classes,
+        dropout=config.head_dropout,
+        batch_norm=config.head_batch_norm,
+        bn_momentum=config.bn_momentum,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        rngs=rngs,
+    )
+
+
+def _vit_head(config: ViT1dConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    return LinearHead(
+        config.embedding_dim,
+        num_classes,
+        dropout=config.head_dropout,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        rngs=rngs,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+    """A config class, the encoder it builds, and the head its paper uses."""
+
+    config: type
+    encoder: Callable[..., nnx.Module]
+    head: Callable[[Any, int, nnx.Rngs], nnx.Module]
+
+
+MODELS: dict[str, ModelFamily] = {
+    "ribeiro_resnet": ModelFamily(RibeiroResNetConfig, RibeiroResNet, _ribeiro_head),
+    "xresnet1d": ModelFamily(XResNet1dConfig, XResNet1d, _xresnet_head),
+    "vit1d": ModelFamily(ViT1dConfig, ViT1d, _vit_head),
+}
+
+
+def _family(name: str) -> ModelFamily:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def make_config(name: str, config_dict: Mapping[str, Any] | None = None) -> Any:
+    """The frozen config of model family `name`; lists (e.g. from a ConfigDict) become tuples."""
+    cls = _family(name).config
+    values = dict(config_dict or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"{name}: unknown hyperparameters {unknown}; known: {sorted(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**values)
+
+
+def build_encoder(
+    name: str, config_dict: Mapping[str, Any] | None, *, rngs: nnx.Rngs
+) -> nnx.Module:
+    """The encoder of family `name` with hyperparameters `config_dict` (defaults elsewhere)."""
+    return _family(name).encoder(make_config(name, config_dict), rngs=rngs)
+
+
+def build_model(
+    name: str, config_dict: Mapping[str, Any] | None, num_classes: int, rngs: nnx.Rngs
+) -> Classifier:
+    """Encoder + the family's head (Ribeiro: flatten → dense; others: pooled → dense)."""
+    config = make_config(name, config_dict)
+    family = _family(name)
+    encoder = family.encoder(config, rngs=rngs)
+    return Classifier(encoder, family.head(config, num_classes, rngs))

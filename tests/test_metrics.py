@@ -1,0 +1,141 @@
+"""The transfer metrics equal scikit-learn and the PTB-XL benchmark's own definitions."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from ecgfm.transfer import metrics
+
+
+def _random_case(seed: int, n: int = 300, k: int = 5, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, k)) < rng.uniform(0.05, 0.5, k)).astype(int)
+    labels[0], labels[1] = 1, 0  # every class has positives and negatives
+    scores = labels * rng.uniform(0.2, 1.5, k) + rng.normal(size=(n, k))
+    if ties:
+        scores = np.round(scores, 1)
+    return labels, scores
+
+
+def _benchmark_challenge_metrics(y_true, y_pred, beta1=2, beta2=2):
+    """The PTB-XL benchmark's per-example loop, rewritten independently for the test."""
+    sample_weights = y_true.sum(axis=1)
+    f_beta = g_beta = 0.0
+    for c in range(y_true.shape[1]):
+        tp = fp = fn = 0.0
+        for i in range(len(y_pred)):
+            w = 1.0 / sample_weights[i]
+            if y_true[i, c] == 1 and y_pred[i, c] == 1:
+                tp += w
+            elif y_pred[i, c] == 1:
+                fp += w
+            elif y_true[i, c] == 1:
+                fn += w
+        f_beta += (1 + beta1**2) * tp / ((1 + beta1**2) * tp + fp + beta1**2 * fn)
+        g_beta += tp / (tp + fp + beta2 * fn)
+    return f_beta / y_true.shape[1], g_beta / y_true.shape[1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ties", [False, True])
+def test_auroc_and_auprc_equal_sklearn(seed, ties):
+    labels, scores = _random_case(seed, ties=ties)
+    assert metrics.macro_auroc(labels, scores) == pytest.approx(
+        roc_auc_score(labels, scores, average="macro"), abs=1e-12
+    )
+    np.testing.assert_allclose(
+        metrics.per_class_auroc(labels, scores),
+        roc_auc_score(labels, scores, average=None),
+        atol=1e-12,
+    )
+    assert metrics.macro_auprc(labels, scores) == pytest.approx(
+        average_precision_score(labels, scores, average="macro"), abs=1e-12
+    )
+
+
+def test_macro_auroc_names_classes_without_both_label_values():
+    labels, scores = _random_case(0)
+    labels[:, 3] = 0
+    with pytest.raises(ValueError, match=r"classes \[3\]"):
+        metrics.macro_auroc(labels, scores)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_youden_thresholds_are_the_benchmarks_roc_curve_argmax(seed):
+    labels, scores = _random_case(seed, ties=seed % 2 == 0)
+    for k in range(labels.shape[1]):
+        fpr, tpr, thresholds = roc_curve(labels[:, k], scores[:, k])
+        expected = thresholds[np.argmax(tpr - fpr)]
+        assert metrics.youden_thresholds(labels, scores)[k] == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_challenge_f_and_g_beta_equal_the_benchmark_loop(seed):
+    labels, scores = _random_case(seed, n=120)
+    labels[labels.sum(axis=1) == 0, 0] = 1  # the benchmark scores labelled examples only
+    predicted = metrics.apply_thresholds(scores, metrics.youden_thresholds(labels, scores))
+    f_ref, g_ref = _benchmark_challenge_metrics(labels, predicted.astype(int))
+    got = metrics.challenge_scores(labels, predicted)
+    assert got["f_beta"] == pytest.approx(f_ref, abs=1e-12)
+    assert got["g_beta"] == pytest.approx(g_ref, abs=1e-12)
+
+
+def test_apply_thresholds_predicts_the_top_class_when_nothing_passes():
+    scores = np.array([[0.1, 0.3, 0.2], [0.9, 0.1, 0.8]])
+    predicted = metrics.apply_thresholds(scores, np.array([0.5, 0.5, 0.5]))
+    np.testing.assert_array_equal(predicted, [[False, True, False], [True, False, True]])
+
+
+def test_fmax_of_perfect_and_hand_computed_predictions():
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 1]])
+    assert metrics.fmax(labels, labels.astype(float)) == pytest.approx(1.0)
+    scores = np.array([[0.9, 0.2], [0.1, 0.8], [0.7, 0.3], [0.6, 0.4]])
+    # At t=0.6 the predictions are {0},{1},{0},{0}: precision (1+1+1+0)/4 = .75 and
+    # recall (1+1+.5+0)/4 = .625, so F1 = .6818 is a lower bound of Fmax.
+    best = 0.0
+    for t in np.linspace(scores.min(), scores.max(), 101):
+        pred = scores >= t
+        cov = pred.any(axis=1)
+        p = ((pred & (labels == 1)).sum(1)[cov] / pred[cov].sum(1)).mean()
+        r = ((pred & (labels == 1)).sum(1) / labels.sum(1)).mean()
+        best = max(best, 2 * p * r / (p + r) if p + r else 0)
+    assert metrics.fmax(labels, scores) == pytest.approx(best)
+    assert best > 0.68
+
+
+def test_bootstrap_ci_covers_the_estimate_and_keeps_every_class():
+    labels, scores = _random_case(1, n=200)
+    result = metrics.evaluate(labels, scores, num_bootstrap=200, seed=3)
+    low, high = result["macro_auroc_ci"]
+    assert low < result["macro_auroc"] < high
+    assert high - low < 0.2
+    weights = metrics.bootstrap_weights(labels, 50, seed=0)
+    positives = weights @ labels
+    assert (positives > 0).all() and (positives < len(labels)).all()
+    assert weights.sum(axis=1) == pytest.approx(np.full(50, len(labels)))
+
+
+def test_bootstrap_auroc_of_a_resample_equals_sklearn_on_the_repeated_rows():
+    labels, scores = _random_case(2, n=80)
+    weights = metrics.bootstrap_weights(labels, 3, seed=5)
+    auroc_bk = metrics._classwise_bootstrap("auroc", labels.astype(bool), scores, weights)
+    for b in range(3):
+        rows = np.repeat(np.arange(len(labels)), weights[b].astype(int))
+        expected = roc_auc_score(labels[rows], scores[rows], average=None)
+        np.testing.assert_allclose(auroc_bk[b], expected, atol=1e-12)
+
+
+def test_paired_bootstrap_detects_a_better_model():
+    labels, scores = _random_case(4, n=300)
+    noisy = scores + np.random.default_rng(0).normal(scale=2.0, size=scores.shape)
+    result = metrics.paired_bootstrap_difference(labels, scores, noisy, num_bootstrap=300)
+    assert result["difference"] > 0
+    assert result["ci"][0] > 0
+    assert result["p_value_a_not_better"] < 0.05
+
+
+def test_mismatched_shapes_and_non_binary_labels_are_refused():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.macro_auroc(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="0 or 1"):
+        metrics.macro_auroc(np.full((3, 2), 2), np.zeros((3, 2)))
