@@ -125,7 +125,7 @@ def read_challenge_header(path: str | pathlib.Path) -> ChallengeHeader:
         n_leads, n_samples = int(num_leads), int(num_samples)
     except ValueError as err:
         raise EcgFormatError(path, f"line {i}: unreadable record line {record_line!r}") from err
-    if sampling_rate <= 0 or n_leads <= 0 or n_samples <= 0:
+    if not sampling_rate > 0 or n_leads <= 0 or n_samples <= 0:
         raise EcgFormatError(
             path, f"line {i}: record line {record_line!r} has a non-positive field"
         )

@@ -38,7 +38,6 @@ derived and named in `EcgRecord.derived_leads`. Pass `lead_names=` for any other
 
 from __future__ import annotations
 
-import bisect
 import csv
 import dataclasses
 import logging
@@ -52,7 +51,6 @@ import h5py
 import numpy as np
 
 from ecgfm.data.record import (
-    INDEPENDENT_LEADS,
     EcgFormatError,
     EcgRecord,
     OnError,
@@ -76,9 +74,6 @@ CODE_LEADS: tuple[str, ...] = (
     "DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6",
 )  # fmt: skip
 CODE_REDUCED_LEADS: tuple[str, ...] = ("DI", "DII", "V1", "V2", "V3", "V4", "V5", "V6")
-assert [name.replace("DII", "II").replace("DI", "I") for name in CODE_REDUCED_LEADS] == list(
-    INDEPENDENT_LEADS
-)
 
 # The documented non-label columns of CODE-15%'s exams.csv. Any other column is a label.
 METADATA_COLUMNS: frozenset[str] = frozenset(
@@ -212,7 +207,18 @@ def _read_exam_table(
         raise EcgFormatError(csv_path, "is missing") from err
     except (csv.Error, UnicodeDecodeError) as err:
         raise EcgFormatError(csv_path, f"cannot be parsed as CSV: {err}") from err
-    return columns.build()
+    table = columns.build()
+    order = np.argsort(table.exam_id, kind="stable")
+    repeat = np.flatnonzero(table.exam_id[order][1:] == table.exam_id[order][:-1])
+    keep = np.ones(len(order), dtype=bool)
+    for first, again in sorted(
+        zip(order[repeat], order[repeat + 1], strict=True), key=lambda p: p[1]
+    ):
+        line, first_line = int(table.line[again]), int(table.line[first])
+        problem = f"line {line}: exam_id {table.exam_id[again]} repeats line {first_line}"
+        handle_bad_record(EcgFormatError(csv_path, problem), on_error, skip_log)
+        keep[again] = False
+    return table.take(keep)
 
 
 def _holds_exam(fields: list[str], id_column: int, exam_id: int) -> bool:
@@ -236,7 +242,6 @@ class _TableBuilder:
         self.metadata_names = [
             name for name in header if name not in label_names and name not in _RECORD_COLUMNS
         ]
-        self.seen_lines: dict[int, int] = {}
         self.exam_id: list[int] = []
         self.labels = bytearray()
         self.patient_id: list[str | None] = []
@@ -271,8 +276,6 @@ class _TableBuilder:
             raise self._bad(line, f"exam_id {text!r} is not an integer") from None
         if exam_id <= DUMMY_EXAM_ID:
             raise self._bad(line, f"exam_id {exam_id} is not a positive integer")
-        if exam_id in self.seen_lines:
-            raise self._bad(line, f"exam_id {exam_id} repeats line {self.seen_lines[exam_id]}")
         labels = []
         for name, i in zip(self.label_names, self.label_index, strict=True):
             value = _BOOLEAN_TEXT.get(fields[i].strip().lower())
@@ -289,7 +292,6 @@ class _TableBuilder:
             for name in self.metadata_names
         }
         # Appended only once the whole row has passed, so a skipped row leaves no trace.
-        self.seen_lines[exam_id] = line
         self.exam_id.append(exam_id)
         self.labels.extend(labels)
         self.patient_id.append(patient_id)
@@ -374,19 +376,19 @@ def _shard_contents(
 def _unpadded_bounds(tracing_TC: np.ndarray) -> tuple[int, int]:
     """`start, stop` of the real samples inside a centred zero padding of a `[T, C]` tracing.
 
-    A sample counts as padding only where all leads are exactly zero. The padding puts
-    `(T - n) // 2` zeros before an exam of n samples and the rest (one more when T - n is odd)
-    after it, so the smaller of the two zero runs bounds the padding; the longer run's surplus is
-    the exam's own all-zero samples and is kept. Raises ValueError for an all-zero tracing.
+    A sample counts as padding only where all leads are exactly zero. The padding is symmetric
+    (`(T - n) // 2` zeros before an exam of n samples, the rest after), so the shorter of the two
+    zero runs is the padding on both sides and any surplus on the other side is the exam's own
+    zeros, which are kept. An exam of odd length keeps one zero sample of padding at its end
+    (all the lengths known in the releases, 2800, 2934, 4000 and 4096, are even): real samples
+    are never cut. Raises ValueError for an all-zero tracing.
     """
     nonzero = np.flatnonzero(np.any(tracing_TC != 0, axis=1))
     if nonzero.size == 0:
         raise ValueError("tracing is all zeros (no signal)")
     num_samples = tracing_TC.shape[0]
-    leading, trailing = int(nonzero[0]), num_samples - 1 - int(nonzero[-1])
-    pad_start = min(leading, trailing)
-    pad_end = min(trailing, pad_start + 1)
-    return pad_start, num_samples - pad_end
+    pad = min(int(nonzero[0]), num_samples - 1 - int(nonzero[-1]))
+    return pad, num_samples - pad
 
 
 def _tracing_record(
@@ -436,6 +438,41 @@ def _read_tracing(dataset: h5py.Dataset, rows: slice | int, path: pathlib.Path) 
         raise EcgFormatError(path, f"tracings cannot be read (truncated?): {err}") from err
 
 
+def _index_shard(
+    path: pathlib.Path, lead_names: Sequence[str] | None
+) -> tuple[np.ndarray, tuple[str, ...], int]:
+    """Checks one shard; returns its `[N]` exam ids, its lead names and its dummy-row count."""
+    with _open_shard(path) as f:
+        exam_ids, names = _shard_contents(f, path, lead_names)
+        dummy_rows = np.flatnonzero(exam_ids == DUMMY_EXAM_ID)
+        for row in dummy_rows.tolist():
+            if np.any(_read_tracing(f["tracings"], row, path) != 0):
+                raise EcgFormatError(path, f"row {row} has exam_id 0 but a non-zero tracing")
+    return exam_ids, names, int(dummy_rows.size)
+
+
+def _locate(
+    exam_ids: np.ndarray, shard_exam_ids: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shard and row of each of `exam_ids` (-1 where no shard has it), and ids stored twice."""
+    stored = np.concatenate([np.zeros(0, np.int64), *shard_exam_ids])
+    shard_of = np.repeat(np.arange(len(shard_exam_ids)), [len(ids) for ids in shard_exam_ids])
+    row_of = np.concatenate(
+        [np.zeros(0, np.int64), *(np.arange(len(ids)) for ids in shard_exam_ids)]
+    )
+    real = np.flatnonzero(stored != DUMMY_EXAM_ID)
+    order = real[np.argsort(stored[real], kind="stable")]
+    sorted_ids = stored[order]
+    repeated = np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
+    shard = np.full(len(exam_ids), -1, dtype=np.int32)
+    row = np.full(len(exam_ids), -1, dtype=np.int64)
+    if order.size:
+        at = np.minimum(np.searchsorted(sorted_ids, exam_ids), order.size - 1)
+        hit = sorted_ids[at] == exam_ids
+        shard[hit], row[hit] = shard_of[order[at[hit]]], row_of[order[at[hit]]]
+    return shard, row, repeated
+
+
 def _shard_order(path: pathlib.Path) -> tuple[int, str]:
     match = SHARD_PATTERN.fullmatch(path.name)
     return (int(match.group(1)) if match else -1, path.name)
@@ -476,70 +513,48 @@ class CodeDataset:
         self._lead_names: list[tuple[str, ...]] = []
         self.num_dummy_rows = 0
         bad_shards: dict[str, EcgFormatError] = {}
-        located: dict[int, tuple[int, int]] = {}  # exam_id -> (shard index, row)
+        shard_exam_ids: list[np.ndarray] = []
         for path in sorted(shard_paths, key=_shard_order):
             try:
-                found = self._index_shard(path, lead_names, located)
+                exam_ids, names, num_dummy = _index_shard(path, lead_names)
             except EcgFormatError as err:
                 if on_error == "raise":
                     raise
                 log.warning("%s", err)
                 bad_shards[path.name] = err
                 continue
-            shard_exam_ids, names = found
-            for row, exam_id in enumerate(shard_exam_ids.tolist()):
-                if exam_id != DUMMY_EXAM_ID:
-                    located[exam_id] = (len(self.shard_paths), row)
+            self.num_dummy_rows += num_dummy
             self.shard_paths.append(path)
             self._lead_names.append(names)
-        if not self.shard_paths and not bad_shards:
+            shard_exam_ids.append(exam_ids)
+        if not shard_paths:
             raise EcgFormatError(self.root, "has no exams_part*.hdf5 shards")
 
-        keep = np.zeros(len(table.exam_id), dtype=bool)
-        shard_index = np.full(len(table.exam_id), -1, dtype=np.int32)
-        row_index = np.full(len(table.exam_id), -1, dtype=np.int64)
-        for i, exam_id in enumerate(table.exam_id.tolist()):
-            if exam_id in located:
-                keep[i] = True
-                shard_index[i], row_index[i] = located.pop(exam_id)
-                continue
-            trace_file = None if trace_files is None else trace_files[i]
-            err = self._unlocated(exam_id, int(table.line[i]), trace_file, bad_shards)
+        shard_index, row_index, repeated = _locate(table.exam_id, shard_exam_ids)
+        keep = (shard_index >= 0) & ~np.isin(table.exam_id, repeated)
+        for i in np.flatnonzero(~keep).tolist():
+            exam_id, line = int(table.exam_id[i]), int(table.line[i])
+            if shard_index[i] >= 0:
+                err = EcgFormatError(
+                    self.shard_paths[shard_index[i]],
+                    f"exam {exam_id} (line {line} of {CSV_NAME}) is stored in several rows",
+                )
+            else:
+                trace_file = None if trace_files is None else trace_files[i]
+                err = self._unlocated(exam_id, line, trace_file, bad_shards)
             handle_bad_record(err, on_error, self.skip_log)
-        if located:
+        stored = np.unique(np.concatenate([np.zeros(0, np.int64), *shard_exam_ids]))
+        unlisted = np.setdiff1d(stored[stored != DUMMY_EXAM_ID], table.exam_id)
+        if unlisted.size:
             log.warning(
                 "%d exams in the shards of %s are not in %s and are left out (e.g. exam %d)",
-                len(located), self.root, CSV_NAME, next(iter(located)),
+                unlisted.size, self.root, CSV_NAME, unlisted[0],
             )  # fmt: skip
         self._table = table.take(keep)
         self._shard_index = shard_index[keep]
         self._row_index = row_index[keep]
         self._sorted = np.argsort(self._table.exam_id, kind="stable")
         self._sorted_ids = self._table.exam_id[self._sorted]
-
-    def _index_shard(
-        self,
-        path: pathlib.Path,
-        lead_names: Sequence[str] | None,
-        located: dict[int, tuple[int, int]],
-    ) -> tuple[np.ndarray, tuple[str, ...]]:
-        """Checks one shard and counts its dummy rows; returns its exam ids and lead names."""
-        with _open_shard(path) as f:
-            shard_exam_ids, names = _shard_contents(f, path, lead_names)
-            dummy_rows = np.flatnonzero(shard_exam_ids == DUMMY_EXAM_ID)
-            for row in dummy_rows.tolist():
-                if np.any(_read_tracing(f["tracings"], row, path) != 0):
-                    raise EcgFormatError(path, f"row {row} has exam_id 0 but a non-zero tracing")
-        real_ids = shard_exam_ids[shard_exam_ids != DUMMY_EXAM_ID]
-        ids, counts = np.unique(real_ids, return_counts=True)
-        if (counts > 1).any():
-            raise EcgFormatError(path, f"exam_id {int(ids[counts > 1][0])} is in several rows")
-        for exam_id in real_ids.tolist():
-            if exam_id in located:
-                other = self.shard_paths[located[exam_id][0]].name
-                raise EcgFormatError(path, f"exam_id {exam_id} is also in {other}")
-        self.num_dummy_rows += int(dummy_rows.size)
-        return shard_exam_ids, names
 
     def _unlocated(
         self,
@@ -632,15 +647,19 @@ class CodeDataset:
             k = 0
             while k < len(rows):
                 first = int(rows[k])
-                end = bisect.bisect_left(rows, first + _READ_BLOCK_ROWS, lo=k)
+                end = int(np.searchsorted(rows, first + _READ_BLOCK_ROWS))
                 try:
                     block = _read_tracing(tracings, slice(first, int(rows[end - 1]) + 1), path)
                 except EcgFormatError as err:
-                    handle_bad_record(err, on_error, skip_log)
-                    block = None
+                    for j in range(k, end):
+                        exam_id = int(self._table.exam_id[positions[j]])
+                        lost = EcgFormatError(
+                            path, f"exam {exam_id} (row {rows[j]}): {err.problem}"
+                        )
+                        handle_bad_record(lost, on_error, skip_log)
+                    k = end
+                    continue
                 for j in range(k, end):
-                    if block is None:
-                        continue
                     try:
                         yield self._record(int(positions[j]), block[int(rows[j]) - first])
                     except EcgFormatError as err:

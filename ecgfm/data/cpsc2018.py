@@ -10,7 +10,7 @@ What the real files show (A1980–A1984 in shared/data/real/cpsc2018):
   1.2–2.1 mV, which is an ECG in mV (µV would be ~1000× larger); two of the five files are
   quantised in steps of exactly 0.001 (1 µV).
 - Rows are I, II, III, aVR, aVL, aVF, V1–V6: III equals II − I to 1e-15 mV and aVR equals
-  −(I + II)/2 to within 1.1 µV in every file.
+  −(I + II)/2 to within 1.2 µV in every file.
 """
 
 from __future__ import annotations

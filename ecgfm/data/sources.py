@@ -170,7 +170,7 @@ class CodeHdf5Source:
         self.preprocessing = preprocessing
         dataset = self._dataset()
         self.label_names = tuple(dataset.label_names)
-        known = tuple(str(r) for r in dataset.record_ids)
+        known = tuple(str(r) for r in dataset.exam_ids.tolist())
         if record_ids is None:
             self._record_ids = known
         else:
@@ -178,8 +178,7 @@ class CodeHdf5Source:
             if missing:
                 raise KeyError(f"{len(missing)} exams not in {self.root}, e.g. {missing[:5]}")
             self._record_ids = tuple(str(r) for r in record_ids)
-        patients = dataset.patient_ids()
-        self._patient_ids = tuple(str(patients[r]) for r in self._record_ids)
+        self._patient_ids = tuple(dataset.patient_id(int(r)) or "" for r in self._record_ids)
 
     def _dataset(self):
         if getattr(self, "_reader", None) is None:
@@ -196,7 +195,7 @@ class CodeHdf5Source:
         return len(self._record_ids)
 
     def __getitem__(self, index: int) -> Element:
-        record = self._dataset().read(self._record_ids[int(index)])
+        record = self._dataset().read(int(self._record_ids[int(index)]))
         return element_from_record(record, self.label_names, self.preprocessing)
 
     @property
@@ -208,9 +207,15 @@ class CodeHdf5Source:
         return self._patient_ids
 
 
-def built_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path:
-    """`<data_dir>/<name>/<config>/<version>` of a dataset built by `prepare_dataset`."""
-    found = sorted(pathlib.Path(data_dir, name).glob("*/*/dataset_info.json"))
+def built_dataset_dir(
+    data_dir: str | os.PathLike, name: str, *, config: str | None = None
+) -> pathlib.Path:
+    """`<data_dir>/<name>/<config>/<version>` of a dataset built by `prepare_dataset`.
+
+    With `config` None there must be exactly one build of `name` under `data_dir`.
+    """
+    pattern = f"{config or '*'}/*/dataset_info.json"
+    found = sorted(pathlib.Path(data_dir, name).glob(pattern))
     if not found:
         raise FileNotFoundError(
             f"no built dataset {name!r} under {data_dir} (expected "
@@ -219,7 +224,7 @@ def built_dataset_dir(data_dir: str | os.PathLike, name: str) -> pathlib.Path:
     if len(found) > 1:
         raise ValueError(
             f"several builds of {name!r} under {data_dir}: {[str(p.parent) for p in found]}; "
-            "keep one per data_dir"
+            "name the config"
         )
     return found[0].parent
 
@@ -242,7 +247,7 @@ class TfdsSource:
 
     Reads through `tfds.data_source` (array_record, random access, no TensorFlow). `task`
     picks the label set for datasets that have several (PTB-XL's six); None takes the
-    dataset's default task.
+    dataset's default task; `config` picks one build where `data_dir` holds several.
     """
 
     def __init__(
@@ -252,8 +257,9 @@ class TfdsSource:
         split: str,
         *,
         task: str | None = None,
+        config: str | None = None,
     ):
-        self.dataset_dir = built_dataset_dir(data_dir, name)
+        self.dataset_dir = built_dataset_dir(data_dir, name, config=config)
         self.split = split
         metadata = read_ecgfm_metadata(self.dataset_dir)
         tasks = metadata["tasks"]

@@ -66,7 +66,9 @@ class SupervisedObjective:
 
     def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
         """The configured encoder with a linear head of `num_classes` logits."""
-        return models.build_classifier(config.model, num_classes=num_classes, rngs=rngs)
+        hparams = config.model.get("hparams")
+        hparams = hparams.to_dict() if hparams is not None else None
+        return models.build_model(config.model.name, hparams, num_classes, rngs)
 
     def _pos_weight(self) -> jax.Array | None:
         pos_weight = self.config.get("pos_weight")

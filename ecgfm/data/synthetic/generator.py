@@ -45,7 +45,12 @@ _DOWER_8x3 = np.array(
         [0.831, 0.076, 0.230],
     ]
 )
-_V1, _V5 = 2, 6  # rows of _DOWER_8x3
+_I, _II = _DOWER_8x3[0], _DOWER_8x3[1]
+# All 12 leads as projections of the dipole (limb leads by Einthoven/Goldberger), LEADS order.
+_LEAD_FIELD_12x3 = np.concatenate(
+    [np.stack([_I, _II, _II - _I, -(_I + _II) / 2, _I - _II / 2, _II - _I / 2]), _DOWER_8x3[2:]]
+)
+_V1, _V5 = LEADS.index("V1"), LEADS.index("V5")
 
 _P, _QRS, _T = 0, 1, 2  # wave groups: P waves move with the PR interval, T waves with QT
 _SINUS, _PAC, _PVC = 0, 1, 2  # beat kinds
@@ -117,10 +122,10 @@ def _rhythm(
     rr_mean = 60.0 / _heart_rate(rng, conds)
     n = int(np.ceil((duration_s + _PRE_S + _POST_S + 2.0) / (0.45 * rr_mean))) + 4
     if "af" in conds:
-        # Irregularly irregular: independent RR intervals, coefficient of variation 0.2–0.35.
-        cv = rng.uniform(0.2, 0.35)
+        # Irregularly irregular: independent RR intervals, coefficient of variation 0.22–0.38.
+        cv = rng.uniform(0.22, 0.38)
         rr = rr_mean * rng.lognormal(-0.5 * cv**2, cv, n)
-        rr = np.maximum(rr, 0.28)
+        rr = np.maximum(rr, 0.3)
     else:
         nominal = np.arange(n) * rr_mean
         rsa = rng.uniform(0.01, 0.04) * np.sin(2 * np.pi * resp_hz * nominal + rng.uniform(0, 6.3))
@@ -164,8 +169,8 @@ def _sinus_beat(
         # Left bundle block: septum activates right-to-left, LV late: broad leftward-posterior
         # notched R in I/V5/V6, QS in V1.
         width = rng.uniform(0.9, 1.1)
-        w.add(-0.028 * width, 0.02 * width, 0.018 * width, [0.75, 0.25, 0.7], _QRS)
-        w.add(0.022 * width, 0.018 * width, 0.022 * width, [0.95, 0.05, 0.9], _QRS)
+        w.add(-0.028 * width, 0.016 * width, 0.018 * width, [0.85, 0.25, 0.8], _QRS)
+        w.add(0.022 * width, 0.018 * width, 0.02 * width, [1.05, 0.05, 1.0], _QRS)
         onset, j = -0.075 * width, 0.072 * width
     else:
         septal = np.array([-0.2, 0.05, -0.25])
@@ -185,7 +190,7 @@ def _sinus_beat(
             # anterior: R' in V1, broad S in I and V6.
             s_vec = s_vec * 0.4
             w.add(0.022 * q, 0.01 * q, 0.01 * q, s_vec, _QRS)
-            w.add(0.058, 0.016, 0.02, [-0.6, -0.05, -0.85], _QRS)
+            w.add(0.058, 0.016, 0.02, [-0.45, -0.05, -0.65], _QRS)
             onset, j = -0.045 * q, 0.1
         else:
             w.add(0.022 * q, 0.01 * q, 0.01 * q, s_vec, _QRS)
@@ -201,7 +206,9 @@ def _sinus_beat(
         t_vec = t_vec + np.array([0.05, 0.0, 0.3])
     if "t_inversion" in conds:
         t_vec = -t_vec * rng.uniform(0.6, 1.0)
-    w.add(0.0, 0.06, 0.037, t_vec * scale["t"], _T)  # centre set per beat from QT
+    # Centred per beat from QT; a blocked beat repolarises more slowly (broader T).
+    t_width = 1.25 if "lbbb" in conds else 1.0
+    w.add(0.0, 0.06 * t_width, 0.037 * t_width, t_vec * scale["t"], _T)
     w.rows = [(c, sl, sr, rot @ v * (qrs_s if g == _QRS else 1.0), g) for c, sl, sr, v, g in w.rows]
     return w, onset, j, pr
 
@@ -211,12 +218,15 @@ def _pvc_beat(rng: np.random.Generator) -> tuple[_Waves, float, float]:
     w = _Waves()
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
-    amp = rng.uniform(1.5, 2.5)
+    amp = rng.uniform(2.0, 3.2)
     turn = _rotation(rng, rng.uniform(-40, 40), rng.uniform(-40, 40))
-    w.add(-0.03, 0.025, 0.022, amp * direction * 0.7, _QRS)
-    w.add(0.025, 0.022, 0.028, amp * turn @ direction * 0.8, _QRS)
+    # The ectopic wavefront spreads muscle-to-muscle: slurred start, one steep main deflection,
+    # slurred end, turning as it goes; 130–180 ms in all.
+    w.add(-0.04, 0.02, 0.016, 0.5 * amp * direction, _QRS)
+    w.add(0.0, 0.013, 0.013, amp * turn @ direction, _QRS)
+    w.add(0.042, 0.016, 0.022, 0.5 * amp * turn @ turn @ direction, _QRS)
     w.add(0.0, 0.07, 0.045, -0.35 * amp * direction, _T)
-    return w, -0.085, 0.09
+    return w, -0.08, 0.085
 
 
 def synthesize_ecg(
@@ -331,10 +341,11 @@ def _st_vector(rng: np.random.Generator, conds: frozenset[str]) -> np.ndarray:
         territory = str(rng.choice(list(_TERRITORIES)))
     if territory is not None:
         u = _TERRITORIES[territory]
-        vec += u * rng.uniform(0.1, 0.3) / np.max(_DOWER_8x3 @ u)
+        low, high = (0.15, 0.4) if {"mi_anterior", "mi_inferior"} & conds else (0.1, 0.3)
+        vec += u * rng.uniform(low, high) / np.max(_LEAD_FIELD_12x3 @ u)
     if "st_depression" in conds:
         u = _SUBENDOCARDIAL
-        vec += u * rng.uniform(0.1, 0.3) / -np.min(_DOWER_8x3 @ u)
+        vec += u * rng.uniform(0.1, 0.3) / -np.min(_LEAD_FIELD_12x3 @ u)
     if "lbbb" in conds:
         vec += np.array([-0.08, 0.0, -0.1])
     return vec
@@ -348,7 +359,7 @@ def _scale_lvh(rng: np.random.Generator, waves: _Waves) -> None:
         if g == _QRS:
             s = np.where(t < c, sl, sr)
             qrs += np.exp(-0.5 * ((t - c) / s) ** 2)[:, None] * v
-    leads = qrs @ _DOWER_8x3.T
+    leads = qrs @ _LEAD_FIELD_12x3.T
     sokolow = -leads[:, _V1].min() + leads[:, _V5].max()
     k = rng.uniform(3.8, 5.5) / sokolow
     waves.rows = [(c, sl, sr, v * (k if g == _QRS else 1.0), g) for c, sl, sr, v, g in waves.rows]
@@ -361,7 +372,7 @@ def _fibrillatory_waves(rng: np.random.Generator, t: np.ndarray) -> np.ndarray:
     for _ in range(2):
         drift = 0.4 * np.sin(2 * np.pi * rng.uniform(0.05, 0.2) * t + rng.uniform(0, 6.3))
         phase = 2 * np.pi * np.cumsum(f0 + drift) * (t[1] - t[0] if len(t) > 1 else 0.0)
-        amp = rng.uniform(0.02, 0.06) * (1 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t))
+        amp = rng.uniform(0.03, 0.08) * (1 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t))
         direction = np.array([-0.2, 0.4, -1.0]) + rng.normal(0, 0.3, 3)
         out += (amp * np.sin(phase + rng.uniform(0, 6.3)))[:, None] * direction
         f0 *= rng.uniform(0.9, 1.1)

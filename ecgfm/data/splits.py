@@ -1,0 +1,202 @@
+"""Train/validation/test splits: PTB-XL folds, CPSC 2018's shipped split, patient-level splits.
+
+- PTB-XL: `strat_fold` 1–8 train, 9 validation, 10 test (Wagner et al. 2020; folds 9 and 10
+  hold only human-validated labels).
+- CPSC 2018: a fixed record-id split shipped as `ecgfm/resources/cpsc2018_split.json`, made by
+  `make_cpsc2018_split` (see its docstring for what the shipped file is and is not).
+- CODE-style data: `patient_split`, deterministic from a seed, no patient on both sides; or
+  the published split of a release (CODE-II-open) read with `read_split_file`.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+PTBXL_FOLDS: Mapping[str, tuple[int, ...]] = {
+    TRAIN: (1, 2, 3, 4, 5, 6, 7, 8),
+    VALIDATION: (9,),
+    TEST: (10,),
+}
+# The CPSC 2018 training set (6,877 records) that REFERENCE.csv labels.
+CPSC2018_TRAINING_IDS: tuple[str, ...] = tuple(f"A{i:04d}" for i in range(1, 6878))
+CPSC2018_SPLIT_FILE = "cpsc2018_split.json"
+DEFAULT_FRACTIONS: Mapping[str, float] = {TRAIN: 0.8, VALIDATION: 0.1, TEST: 0.1}
+
+
+def ptbxl_split_of_fold(strat_fold: int) -> str:
+    """ "train" for folds 1–8, "validation" for 9, "test" for 10."""
+    for split, folds in PTBXL_FOLDS.items():
+        if int(strat_fold) in folds:
+            return split
+    raise ValueError(f"PTB-XL strat_fold must be 1–10, got {strat_fold}")
+
+
+def _check_fractions(fractions: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
+    names = list(fractions)
+    values = np.array([fractions[n] for n in names], np.float64)
+    if not names or np.any(values < 0) or not np.isclose(values.sum(), 1.0):
+        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+    return names, values
+
+
+def patient_split(
+    record_ids: Sequence[str],
+    patient_ids: Sequence[str | None],
+    *,
+    fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Splits records so that all exams of a patient fall in one split.
+
+    Patients are visited in a permutation drawn from `seed`; each joins the split whose exam
+    count lies furthest below its target (fraction · N), so sizes match the fractions to within
+    one patient's exams. A record with no patient id counts as a patient of its own. Returns
+    split → record ids, each list in input order.
+    """
+    if len(record_ids) != len(patient_ids):
+        raise ValueError(f"{len(record_ids)} record ids but {len(patient_ids)} patient ids")
+    names, targets = _check_fractions(fractions)
+    targets = targets * len(record_ids)
+    groups: dict[str, list[int]] = {}
+    for i, (record, patient) in enumerate(zip(record_ids, patient_ids, strict=True)):
+        groups.setdefault(f"patient:{patient}" if patient else f"record:{record}", []).append(i)
+    keys = sorted(groups)
+    counts = np.zeros(len(names))
+    split_of = np.empty(len(record_ids), np.int64)
+    for k in np.random.default_rng(seed).permutation(len(keys)):
+        members = groups[keys[k]]
+        s = int(np.argmax(targets - counts))
+        split_of[members] = s
+        counts[s] += len(members)
+    return {name: [str(record_ids[i]) for i in np.flatnonzero(split_of == s)]
+            for s, name in enumerate(names)}  # fmt: skip
+
+
+def stratified_split(
+    record_ids: Sequence[str],
+    labels_NK: np.ndarray | None,
+    *,
+    fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> dict[str, str]:
+    """Multi-label iterative stratification (Sechidis et al. 2011): record id → split.
+
+    The rarest label's records are placed first, each into the split that most lacks that
+    label (ties: the split furthest below its size, then a seeded draw). Records without
+    labels (or `labels_NK=None`) then fill each split to its size in a seeded order.
+    """
+    names, fractions_S = _check_fractions(fractions)
+    num = len(record_ids)
+    labels_NK = np.zeros((num, 0), bool) if labels_NK is None else np.asarray(labels_NK, bool)
+    if labels_NK.shape[0] != num:
+        raise ValueError(f"{num} record ids but labels for {labels_NK.shape[0]}")
+    rng = np.random.default_rng(seed)
+    wanted_S = fractions_S * num
+    wanted_SK = fractions_S[:, None] * labels_NK.sum(axis=0)[None, :]
+    split_of = np.full(num, -1)
+    remaining = np.ones(num, bool)
+    while True:
+        counts_K = (labels_NK & remaining[:, None]).sum(axis=0)
+        if not counts_K.any():
+            break
+        k = int(np.argmin(np.where(counts_K > 0, counts_K, np.iinfo(np.int64).max)))
+        for i in rng.permutation(np.flatnonzero(labels_NK[:, k] & remaining)):
+            keys = np.lexsort((rng.random(len(names)), -wanted_S, -wanted_SK[:, k]))
+            s = int(keys[0])
+            split_of[i] = s
+            remaining[i] = False
+            wanted_S[s] -= 1
+            wanted_SK[s] -= labels_NK[i]
+    for i in rng.permutation(np.flatnonzero(remaining)):
+        s = int(np.argmax(wanted_S))
+        split_of[i] = s
+        wanted_S[s] -= 1
+    return {str(r): names[s] for r, s in zip(record_ids, split_of, strict=True)}
+
+
+def make_cpsc2018_split(
+    labels: Mapping[str, Sequence[str]] | None = None,
+    *,
+    record_ids: Sequence[str] = CPSC2018_TRAINING_IDS,
+    fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> dict[str, str]:
+    """The CPSC 2018 split: record id → "train" / "validation" / "test".
+
+    With `labels` (record id → CPSC class names, e.g. `cpsc2018.read_reference(
+    "REFERENCE.csv")`) the split is stratified over the nine classes by `stratified_split`.
+
+    What ships: the real REFERENCE.csv was not available when ecgfm was written, so the shipped
+    `resources/cpsc2018_split.json` was made by `make_cpsc2018_split(None, seed=0)`: a seeded
+    80/10/10 split of A0001–A6877 that is *not* label-stratified (its class balance is only as
+    good as chance makes it at n ≈ 690 per held-out split). Regenerate a stratified one with
+    `write_cpsc2018_split(path, read_reference(".../REFERENCE.csv"))` and pass its path where a
+    split file is accepted; the file records which way it was made.
+    """
+    if labels is None:
+        return stratified_split(record_ids, None, fractions=fractions, seed=seed)
+    classes = sorted({c for names in labels.values() for c in names})
+    labels_NK = np.array([[c in labels.get(r, ()) for c in classes] for r in record_ids])
+    return stratified_split(record_ids, labels_NK, fractions=fractions, seed=seed)
+
+
+def write_cpsc2018_split(
+    path: str | os.PathLike,
+    labels: Mapping[str, Sequence[str]] | None = None,
+    *,
+    fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+) -> pathlib.Path:
+    """Writes `make_cpsc2018_split(...)` as JSON with how it was made; returns the path."""
+    splits = make_cpsc2018_split(labels, fractions=fractions, seed=seed)
+    how = "stratified over REFERENCE.csv labels" if labels else "seeded, not label-stratified"
+    document = {
+        "made_by": f"ecgfm.data.splits.make_cpsc2018_split ({how})",
+        "stratified": labels is not None,
+        "seed": seed,
+        "fractions": dict(fractions),
+        "splits": splits,
+    }
+    path = pathlib.Path(path)
+    path.write_text(json.dumps(document, indent=0, sort_keys=True) + "\n")
+    return path
+
+
+def load_split_json(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """Record id → split from a `write_cpsc2018_split` file; None loads the shipped one."""
+    if path is None:
+        text = (importlib.resources.files("ecgfm") / "resources" / CPSC2018_SPLIT_FILE).read_text()
+    else:
+        text = pathlib.Path(path).read_text()
+    return dict(json.loads(text)["splits"])
+
+
+def read_split_file(
+    path: str | os.PathLike, *, id_column: str = "record_id", split_column: str = "split"
+) -> dict[str, str]:
+    """Record id → split from a CSV with an id column and a split column (e.g. CODE-II-open).
+
+    The published CODE-II-open split's file and column names were not known when this was
+    written: pass its column names here (e.g. `id_column="exam_id"`).
+    """
+    path = pathlib.Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {id_column, split_column} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: no column(s) {sorted(missing)}; has {reader.fieldnames}")
+        out: dict[str, str] = {}
+        for line, row in enumerate(reader, start=2):
+            record = row[id_column].strip()
+            if record in out:
+                raise ValueError(f"{path}:{line}: record {record} listed twice")
+            out[record] = row[split_column].strip()
+    return out

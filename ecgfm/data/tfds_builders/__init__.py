@@ -1,0 +1,126 @@
+"""TFDS builders (array_record, no TensorFlow) for CODE, PTB-XL and CPSC 2018, and their API.
+
+`prepare_dataset("code" | "ptbxl" | "cpsc2018", src_dir, data_dir)` builds
+`<data_dir>/<name>/<config>/1.0.0/` from a folder the user already has (TFDS's `manual_dir`;
+nothing is downloaded). Read it back with `ecgfm.data.sources.TfdsSource` (which wraps
+`tfds.builder_from_directory(dir).as_data_source(split)`), or inspect it with
+`describe_built_dataset`. Each builder lives in TFDS's standard layout
+(`<name>/<name>_dataset_builder.py`, `class Builder`).
+
+Restarting: TFDS writes into `<config>/incomplete.*` and renames it only when every split is
+written, so an interrupted build leaves no partial dataset; running `prepare_dataset` again
+removes the leftover folder and builds again from the start. A finished build is not redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from ecgfm.data.preprocessing import Preprocessing
+from ecgfm.data.record import OnError
+from ecgfm.data.sources import built_dataset_dir, read_ecgfm_metadata
+from ecgfm.data.tfds_builders.base import EcgBuilder
+from ecgfm.data.tfds_builders.code import code_dataset_builder
+from ecgfm.data.tfds_builders.cpsc2018 import cpsc2018_dataset_builder
+from ecgfm.data.tfds_builders.ptbxl import ptbxl_dataset_builder
+
+BUILDERS = {
+    "code": code_dataset_builder,
+    "ptbxl": ptbxl_dataset_builder,
+    "cpsc2018": cpsc2018_dataset_builder,
+}
+
+
+def make_builder(
+    name: str,
+    src_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    preprocessing: Preprocessing | None = None,
+    on_error: OnError = "raise",
+    **options: Any,
+) -> EcgBuilder:
+    """The TFDS builder for `name`, its config made from the source folder (label set etc.)."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+    if not pathlib.Path(src_dir).is_dir():
+        raise FileNotFoundError(f"source folder {src_dir} does not exist")
+    module = BUILDERS[name]
+    # Options go into metadata.json: paths as strings.
+    options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+    config = module.make_config(
+        src_dir,
+        preprocessing=None if preprocessing is None else preprocessing.to_dict(),
+        on_error=on_error,
+        **options,
+    )
+    return module.Builder(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
+
+
+def prepare_dataset(
+    name: str,
+    src_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    preprocessing: Preprocessing | None = None,
+    on_error: OnError = "raise",
+    **options: Any,
+) -> dict[str, Any]:
+    """Builds dataset `name` from `src_dir` into `data_dir`; returns `describe_built_dataset`.
+
+    `options` are dataset-specific: code: `split_file`, `id_column`, `split_column`,
+    `fractions`, `seed`; cpsc2018: `split_file`, `seed`; all: `config_name` (default
+    "default"). With `on_error="skip"` bad records are left out and listed, with their ids
+    and reasons, under `skipped` of each split.
+    """
+    builder = make_builder(
+        name, src_dir, data_dir, preprocessing=preprocessing, on_error=on_error, **options
+    )
+    config_dir = pathlib.Path(builder.data_dir).parent
+    for leftover in config_dir.glob("incomplete.*"):
+        print(f"removing {leftover} left by an interrupted build")
+        shutil.rmtree(leftover)
+    builder.download_and_prepare(
+        download_dir=os.fspath(pathlib.Path(data_dir) / "downloads"),
+        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(src_dir)),
+    )
+    return describe_built_dataset(data_dir, name, config=builder.builder_config.name)
+
+
+def describe_built_dataset(
+    data_dir: str | os.PathLike, name: str, *, config: str | None = None
+) -> dict[str, Any]:
+    """Splits, record and patient counts, label frequencies, preprocessing and skipped records."""
+    dataset_dir = built_dataset_dir(data_dir, name, config=config)
+    metadata = read_ecgfm_metadata(dataset_dir)
+    info = json.loads((dataset_dir / "dataset_info.json").read_text())
+    shards = {s["name"]: len(s.get("shardLengths", [])) for s in info.get("splits", [])}
+    splits: dict[str, Mapping[str, Any]] = {}
+    for split, summary in metadata["splits"].items():
+        n = max(summary["num_records"], 1)
+        splits[split] = {
+            **summary,
+            "num_shards": shards.get(split, 0),
+            "label_frequency": {
+                t: {k: c / n for k, c in counts.items()}
+                for t, counts in summary["label_counts"].items()
+            },
+        }
+    return {
+        "name": name,
+        "path": str(dataset_dir),
+        "version": info.get("version"),
+        "preprocessing": metadata["preprocessing"],
+        "storage": metadata["storage"],
+        "tasks": metadata["tasks"],
+        "default_task": metadata["default_task"],
+        "split_plan": metadata.get("split_plan"),
+        "splits": splits,
+    }

@@ -1,0 +1,83 @@
+"""TFDS builder for CODE-15% / CODE-II (`exams.csv` + `exams_part{i}.hdf5`), from a local folder.
+
+Label names come from the `exams.csv` header (`CodeDataset.label_names`), one task "code".
+Splits, first that applies: `options["split_file"]` (CSV of id and split columns, e.g. the
+published CODE-II-open split), `options["split_column"]` (a column of `exams.csv`), else
+`splits.patient_split` with `options["fractions"]` and `options["seed"]`: no patient on two
+sides.
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+from typing import Any
+
+from ecgfm.data.code import CSV_NAME, METADATA_COLUMNS, CodeDataset
+from ecgfm.data.record import EcgRecord
+from ecgfm.data.splits import DEFAULT_FRACTIONS, patient_split, read_split_file
+from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+
+TASK = "code"
+
+
+def label_columns(root: str | pathlib.Path, split_column: str | None = None) -> tuple[str, ...]:
+    """The label columns of `exams.csv`: every header column that is not metadata or the split."""
+    with (pathlib.Path(root) / CSV_NAME).open(newline="") as f:
+        header = next(csv.reader(f))
+    return tuple(c for c in header if c not in METADATA_COLUMNS and c != split_column)
+
+
+def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
+    """A config whose label set is the folder's CSV header."""
+    labels = label_columns(root, options.get("split_column"))
+    return EcgBuilderConfig(
+        name=options.pop("config_name", "default"),
+        tasks={TASK: labels},
+        default_task=TASK,
+        preprocessing=options.pop("preprocessing", None),
+        on_error=options.pop("on_error", "raise"),
+        options=options,
+    )
+
+
+class Builder(EcgBuilder):
+    """CODE-15% / CODE-II exams as array_record shards."""
+
+    def open_reader(self, root: pathlib.Path) -> CodeDataset:
+        # The config's label set, so a split column is not mistaken for a label.
+        return CodeDataset(
+            root,
+            label_columns=self.builder_config.tasks[TASK],
+            on_error=self.builder_config.on_error,
+        )
+
+    def plan_splits(self, reader: CodeDataset) -> SplitPlan:
+        options = self.builder_config.options
+        exam_ids = [str(e) for e in reader.exam_ids.tolist()]
+        if options.get("split_file") or options.get("split_column"):
+            if options.get("split_file"):
+                split_of = read_split_file(
+                    options["split_file"], id_column=options.get("id_column", "exam_id")
+                )
+                how = f"split file {options['split_file']}"
+            else:
+                split_of = read_split_file(
+                    reader.csv_path, id_column="exam_id", split_column=options["split_column"]
+                )
+                how = f"column {options['split_column']!r} of {reader.csv_path.name}"
+            missing = [e for e in exam_ids if e not in split_of]
+            if missing:
+                raise ValueError(f"{how} has no split for {len(missing)} exams, e.g. {missing[:5]}")
+            plan: dict[str, list[str]] = {}
+            for exam in exam_ids:
+                plan.setdefault(split_of[exam], []).append(exam)
+            return SplitPlan(plan, how)
+        fractions = dict(options.get("fractions", DEFAULT_FRACTIONS))
+        seed = int(options.get("seed", 0))
+        patients = [reader.patient_id(int(e)) for e in exam_ids]
+        plan = patient_split(exam_ids, patients, fractions=fractions, seed=seed)
+        return SplitPlan(plan, f"patient_split(fractions={fractions}, seed={seed})")
+
+    def read_record(self, reader: CodeDataset, record_id: str) -> EcgRecord:
+        return reader.read(int(record_id))

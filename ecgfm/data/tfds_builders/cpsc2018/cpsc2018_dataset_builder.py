@@ -1,0 +1,81 @@
+"""TFDS builder for CPSC 2018, in its original layout or the PhysioNet/CinC Challenge layout.
+
+Layouts: `A*.mat` (struct `ECG`) with `REFERENCE.csv` (`cpsc2018.Cpsc2018`), or `X.hea` +
+`X.mat` with SNOMED-CT codes (`challenge.ChallengeDataset`, mapped to the nine classes by
+`challenge.snomed_to_cpsc`); a folder with `.hea` files is read as the Challenge layout. One
+task "cpsc" over `CPSC_CLASSES`. Splits: `options["split_file"]` (a `write_cpsc2018_split`
+JSON) if given; else the shipped split when it lists every record (the CPSC training set
+A0001–A6877); else, for other records (e.g. Challenge-layout records of other sources), a
+split stratified over their own labels, made with `options["seed"]` and stated in metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+from ecgfm.data.challenge import ChallengeDataset, snomed_to_cpsc
+from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
+from ecgfm.data.record import EcgFormatError, EcgRecord
+from ecgfm.data.splits import load_split_json, make_cpsc2018_split
+from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+
+TASK = "cpsc"
+
+
+def is_challenge_layout(root: str | pathlib.Path) -> bool:
+    """True when the folder holds WFDB headers (`.hea`), i.e. the Challenge layout."""
+    return next(pathlib.Path(root).rglob("*.hea"), None) is not None
+
+
+def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
+    """A config over the nine CPSC classes."""
+    return EcgBuilderConfig(
+        name=options.pop("config_name", "default"),
+        tasks={TASK: CPSC_CLASSES},
+        default_task=TASK,
+        preprocessing=options.pop("preprocessing", None),
+        on_error=options.pop("on_error", "raise"),
+        options={**options, "layout": "challenge" if is_challenge_layout(root) else "cpsc2018"},
+    )
+
+
+class Builder(EcgBuilder):
+    """CPSC 2018 records with the nine-class labels."""
+
+    def open_reader(self, root: pathlib.Path) -> Cpsc2018 | ChallengeDataset:
+        if self.builder_config.options["layout"] == "challenge":
+            return ChallengeDataset(root)
+        return Cpsc2018(root)
+
+    def read_record(self, reader: Cpsc2018 | ChallengeDataset, record_id: str) -> EcgRecord:
+        record = reader.read(record_id)
+        if isinstance(reader, ChallengeDataset):
+            record = dataclasses.replace(record, labels=snomed_to_cpsc(record.labels))
+        return record
+
+    def plan_splits(self, reader: Cpsc2018 | ChallengeDataset) -> SplitPlan:
+        options = self.builder_config.options
+        record_ids = list(reader.record_ids)
+        if options.get("split_file"):
+            split_of, how = load_split_json(options["split_file"]), f"{options['split_file']}"
+        else:
+            split_of, how = load_split_json(), "shipped resources/cpsc2018_split.json"
+        missing = [r for r in record_ids if r not in split_of]
+        if missing and options.get("split_file"):
+            raise ValueError(f"{how} has no split for {len(missing)} records, e.g. {missing[:5]}")
+        if missing:
+            seed = int(options.get("seed", 0))
+            labels = {}
+            for r in record_ids:
+                try:
+                    labels[r] = self.read_record(reader, r).labels
+                except EcgFormatError:
+                    labels[r] = ()  # reported (or skipped) when the split is written
+            split_of = make_cpsc2018_split(labels, record_ids=record_ids, seed=seed)
+            how = f"stratified over these records' labels (seed {seed}): not the shipped split"
+        plan: dict[str, list[str]] = {}
+        for r in record_ids:
+            plan.setdefault(split_of[r], []).append(r)
+        return SplitPlan(plan, how)

@@ -1,0 +1,142 @@
+"""Checkpoints: exact resume after kill -9, damaged steps skipped, restore onto another mesh."""
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import grain
+import jax
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ecgfm import checkpoint, sharding
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN = (
+    "import sys; from ecgfm.config import load_config; from ecgfm.train import train_and_evaluate;"
+    " train_and_evaluate(load_config('experiments/configs/smoke.py', sys.argv[2:]), sys.argv[1])"
+)
+OVERRIDES = [
+    "train.steps=24", "train.checkpoint_every=4", "train.eval_every=0",
+    "data.synthetic_exams=48", "train.async_checkpoint=true",
+]  # fmt: skip
+
+
+def _train(workdir: pathlib.Path, overrides=OVERRIDES) -> subprocess.Popen:
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", TRAIN, str(workdir), *overrides],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _losses(workdir: pathlib.Path) -> dict[int, float]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return {e["step"]: e["loss"] for e in map(json.loads, lines) if "loss" in e}
+
+
+def _finished(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-3000:]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_continues_bit_exactly(tmp_path):
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    # Same data in both (generating it is not what is being tested).
+    proc = _train(reference)
+    _finished(proc)
+    (interrupted).mkdir()
+    os.symlink(reference / "data", interrupted / "data")
+
+    proc = _train(interrupted)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        steps = [int(p.name) for p in (interrupted / "checkpoints").glob("*") if p.name.isdigit()]
+        metrics = interrupted / "metrics.jsonl"
+        done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        if steps and done > max(steps) + 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(_losses(interrupted))
+    assert killed_at < 24
+
+    _finished(_train(interrupted))
+    expected, got = _losses(reference), _losses(interrupted)
+    assert sorted(got) == list(range(1, 25))
+    assert got == expected  # bit-exact, every step
+
+
+def _state(mesh) -> dict:
+    spec = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+    w = jax.device_put(np.arange(32, dtype=np.float32).reshape(8, 4), spec)
+    return {"params": {"w": w, "layers": {0: {"b": np.float32(1.5)}}}, "step": np.int32(7)}
+
+
+def _iterator():
+    return iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+
+
+def _target(mesh):
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract = jax.eval_shape(lambda: _state(sharding.make_mesh()))
+    return checkpoint.abstract_like(abstract, jax.tree.map(lambda _: replicated, abstract))
+
+
+def test_restores_onto_another_mesh_with_the_data_position(tmp_path):
+    checkpointer = checkpoint.Checkpointer(tmp_path, save_every=1, keep=2)
+    it = _iterator()
+    next(it), next(it)
+    checkpointer.save(2, _state(sharding.make_mesh()), it)
+    checkpointer.wait_until_finished()
+    expected_next = next(it)
+
+    one_device = sharding.make_mesh(devices=jax.devices()[:1])
+    fresh = _iterator()
+    state, step = checkpoint.Checkpointer(tmp_path, save_every=1, keep=2).restore_latest(
+        _target(one_device), fresh
+    )
+    assert step == 2
+    np.testing.assert_array_equal(state["params"]["w"], np.arange(32).reshape(8, 4))
+    assert state["params"]["w"].sharding.mesh.size == 1
+    assert float(state["params"]["layers"][0]["b"]) == 1.5
+    np.testing.assert_array_equal(next(fresh), expected_next)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    mesh = sharding.make_mesh()
+    checkpointer = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    it = _iterator()
+    for step in (1, 2):
+        next(it)
+        checkpointer.save(step, _state(mesh), it)
+        checkpointer.wait_until_finished()
+    for path in (tmp_path / "2" / "state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"\0garbage")
+    # An unfinished save (a process killed mid-write) is a temporary directory: never used.
+    (tmp_path / "3.orbax-checkpoint-tmp-123").mkdir()
+
+    fresh = _iterator()
+    with caplog.at_level(logging.WARNING):
+        state, step = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3).restore_latest(
+            _target(mesh), fresh
+        )
+    assert step == 1
+    assert "step 2" in caplog.text
+    np.testing.assert_array_equal(next(fresh), np.arange(4, 8))
+    assert not (tmp_path / "2").exists()
+
+
+def test_empty_directory_has_nothing_to_restore(tmp_path):
+    checkpointer = checkpoint.Checkpointer(tmp_path / "ckpt", save_every=1, keep=1)
+    assert checkpointer.restore_latest(_target(sharding.make_mesh()), _iterator()) is None

@@ -1,0 +1,103 @@
+"""The `ecgfm` command a researcher types: inspect, synth, plot, evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+
+from ecgfm.cli import main
+from ecgfm.data.record import LEADS
+
+INSPECT_KEYS = {"format", "record_id", "sampling_rate", "num_samples", "leads",
+                "lead_mean_mv", "lead_std_mv", "labels", "age", "sex"}  # fmt: skip
+
+
+def _inspect_json(capsys, *paths):
+    assert main(["inspect", "--json", *map(str, paths)]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_inspect_json_of_a_challenge_record_matches_the_raw_mat_file(capsys, real_data):
+    (summary,) = _inspect_json(capsys, real_data / "cinc2021" / "HR06000.hea")
+    assert summary.keys() >= INSPECT_KEYS
+    raw_mv = scipy.io.loadmat(real_data / "cinc2021" / "HR06000.mat")["val"].T / 1000.0
+    assert summary["format"] == "challenge"
+    assert summary["leads"] == list(LEADS)
+    assert summary["num_samples"] == 5000 and summary["sampling_rate"] == 500.0
+    np.testing.assert_allclose(summary["lead_mean_mv"], raw_mv.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(summary["lead_std_mv"], raw_mv.std(axis=0), atol=1e-6)
+    assert summary["labels"] == ["164934002", "426783006"]
+    assert summary["age"] == 59 and summary["sex"] == "F"
+
+
+def test_inspect_json_prints_one_line_per_path_of_any_format(capsys, real_data):
+    paths = [
+        real_data / "cpsc2018" / "A1980.mat",
+        real_data / "cinc2021" / "E07500",
+        real_data / "cinc2021" / "JS20000.mat",
+    ]
+    summaries = _inspect_json(capsys, *paths)
+    assert [s["format"] for s in summaries] == ["cpsc2018", "challenge", "challenge"]
+    assert [s["record_id"] for s in summaries] == ["A1980", "E07500", "JS20000"]
+    raw = scipy.io.loadmat(paths[0])["ECG"][0, 0]["data"].T
+    np.testing.assert_allclose(summaries[0]["lead_std_mv"], raw.std(axis=0), rtol=1e-5)
+
+
+def test_synth_then_inspect_and_plot_a_ptbxl_record(capsys, tmp_path):
+    assert main(["synth", "ptbxl", "--out", str(tmp_path / "ptbxl"), "--exams", "4"]) == 0
+    capsys.readouterr()
+    record = tmp_path / "ptbxl" / "records500" / "00000" / "00001_hr"
+    (summary,) = _inspect_json(capsys, record)
+    assert summary["format"] == "ptbxl" and summary["sampling_rate"] == 500.0
+    assert summary["labels"]  # SCP codes from ptbxl_database.csv
+    assert main(["plot", str(record), "--out", str(tmp_path / "ecg.png")]) == 0
+    assert (tmp_path / "ecg.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_synth_code_then_inspect_one_exam_by_id(capsys, tmp_path):
+    assert main(["synth", "code", "--out", str(tmp_path / "code"), "--exams", "6"]) == 0
+    capsys.readouterr()
+    import pandas as pd
+
+    exams = pd.read_csv(tmp_path / "code" / "exams.csv")
+    exam_id = int(exams["exam_id"].iloc[0])
+    shard = tmp_path / "code" / exams["trace_file"].iloc[0]
+    (summary,) = _inspect_json(capsys, f"{shard}#{exam_id}")
+    assert summary["format"] == "code" and summary["sampling_rate"] == 400.0
+    assert summary["record_id"] == str(exam_id)
+    assert summary["num_samples"] in (2800, 4000)  # the real length, padding removed
+
+
+def test_inspect_of_a_truncated_file_names_the_file(capsys, tmp_path, real_data):
+    broken = tmp_path / "A1980.mat"
+    broken.write_bytes((real_data / "cpsc2018" / "A1980.mat").read_bytes()[:500])
+    assert main(["inspect", str(broken)]) == 2
+    assert str(broken) in capsys.readouterr().err
+
+
+def test_inspect_of_a_missing_path_is_a_clear_error(capsys, tmp_path):
+    assert main(["inspect", str(tmp_path / "nothing.hea")]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_evaluate_prints_json_with_cis(capsys, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 3)) < 0.3).astype(int)
+    scores = labels + rng.normal(size=labels.shape)
+    np.save(tmp_path / "y.npy", labels)
+    np.savetxt(tmp_path / "p.csv", scores, delimiter=",")
+    args = ["--labels", str(tmp_path / "y.npy"), "--scores", str(tmp_path / "p.csv")]
+    assert main(["evaluate", *args, "--json", "--bootstrap", "100"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"macro_auroc", "macro_auprc", "per_class_auroc", "macro_auroc_ci"} <= result.keys()
+    assert len(result["per_class_auroc"]) == 3
+    low, high = result["macro_auroc_ci"]
+    assert low < result["macro_auroc"] < high
+
+
+def test_evaluate_refuses_mismatched_files(tmp_path):
+    np.save(tmp_path / "y.npy", np.zeros((10, 2)))
+    np.save(tmp_path / "p.npy", np.zeros((10, 3)))
+    with pytest.raises(SystemExit, match="shape"):
+        main(["evaluate", "--labels", str(tmp_path / "y.npy"), "--scores", str(tmp_path / "p.npy")])

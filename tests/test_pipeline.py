@@ -1,0 +1,213 @@
+"""grain pipelines: order, sharding, resume, crops, eval padding and patient pairs."""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ecgfm.data.pipeline import make_eval_iterator, make_train_iterator, steps_per_epoch
+from ecgfm.data.sources import InMemorySource, PatientPairSource
+
+NUM_RECORDS = 24
+NUM_SAMPLES = 40
+
+
+def make_source(num_records: int = NUM_RECORDS) -> InMemorySource:
+    """Record i's signal is the constant i (so a batch row tells which record it came from)."""
+    signals = [np.full((NUM_SAMPLES, 12), i, np.float32) for i in range(num_records)]
+    labels = np.eye(3, dtype=np.float32)[np.arange(num_records) % 3]
+    return InMemorySource(
+        signals,
+        labels,
+        label_names=("a", "b", "c"),
+        record_ids=[f"r{i:02d}" for i in range(num_records)],
+        patient_ids=[f"p{i // 3}" for i in range(num_records)],
+    )
+
+
+def records_of(batch) -> list[int]:
+    return [int(row[0, 0]) for row in batch["signal"]]
+
+
+def take(iterator, steps):
+    return [next(iterator) for _ in range(steps)]
+
+
+def test_train_batch_follows_the_contract():
+    batch = next(make_train_iterator(make_source(), global_batch_size=8, seed=0, window=16))
+    assert batch["signal"].shape == (8, 16, 12) and batch["signal"].dtype == np.float32
+    assert batch["labels"].shape == (8, 3) and batch["labels"].dtype == np.float32
+    assert batch["label_mask"].shape == (8, 3) and np.all(batch["label_mask"] == 1)
+    np.testing.assert_array_equal(batch["mask"], np.ones(8, np.float32))
+    assert [f"r{i:02d}" for i in records_of(batch)] == batch["record_id"].tolist()
+    for i, row in zip(records_of(batch), batch["labels"], strict=True):
+        np.testing.assert_array_equal(row, np.eye(3)[i % 3])
+
+
+def test_an_epoch_visits_every_record_once_and_the_next_epoch_reshuffles():
+    steps = steps_per_epoch(NUM_RECORDS, 6)
+    assert steps == 4
+    iterator = make_train_iterator(make_source(), global_batch_size=6, seed=3)
+    epoch0 = sum((records_of(b) for b in take(iterator, steps)), [])
+    epoch1 = sum((records_of(b) for b in take(iterator, steps)), [])
+    assert sorted(epoch0) == sorted(epoch1) == list(range(NUM_RECORDS))
+    assert epoch0 != epoch1
+    assert epoch0 != list(range(NUM_RECORDS))
+
+
+def test_same_seed_same_order_other_seed_other_order():
+    def order(seed):
+        iterator = make_train_iterator(make_source(), global_batch_size=4, seed=seed)
+        return [records_of(b) for b in take(iterator, 6)]
+
+    assert order(7) == order(7)
+    assert order(7) != order(8)
+
+
+def test_two_processes_see_disjoint_halves_whose_union_is_the_epoch():
+    def shard(process_index):
+        iterator = make_train_iterator(
+            make_source(), global_batch_size=4, seed=1, process_index=process_index,
+            process_count=2,
+        )  # fmt: skip
+        batches = take(iterator, NUM_RECORDS // 4)
+        assert all(b["signal"].shape[0] == 2 for b in batches)
+        return sum((records_of(b) for b in batches), [])
+
+    first, second = shard(0), shard(1)
+    assert not set(first) & set(second)
+    assert sorted(first + second) == list(range(NUM_RECORDS))
+
+
+def test_global_batch_must_divide_among_processes():
+    with pytest.raises(ValueError, match="multiple of the process count"):
+        make_train_iterator(make_source(), global_batch_size=5, seed=0, process_count=2,
+                            process_index=0)  # fmt: skip
+
+
+def test_resuming_from_a_saved_state_gives_the_same_following_batches():
+    iterator = make_train_iterator(make_source(), global_batch_size=4, seed=5, window=10)
+    take(iterator, 7)  # crosses the epoch boundary at step 6
+    state = iterator.get_state()
+    expected = take(iterator, 5)
+
+    restored = make_train_iterator(make_source(), global_batch_size=4, seed=5, window=10)
+    restored.set_state(pickle.loads(pickle.dumps(state)))
+    for want, got in zip(expected, take(restored, 5), strict=True):
+        np.testing.assert_array_equal(want["signal"], got["signal"])
+        assert want["record_id"].tolist() == got["record_id"].tolist()
+
+
+def test_resuming_in_a_new_process_gives_the_same_following_batches(tmp_path):
+    iterator = make_train_iterator(make_source(), global_batch_size=4, seed=5, window=10)
+    take(iterator, 3)
+    state_path = tmp_path / "state.pkl"
+    state_path.write_bytes(pickle.dumps(iterator.get_state()))
+    expected = np.stack([b["signal"] for b in take(iterator, 4)])
+    script = textwrap.dedent(f"""
+        import pickle, sys, numpy as np
+        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+        from test_pipeline import make_source
+        from ecgfm.data.pipeline import make_train_iterator
+        it = make_train_iterator(make_source(), global_batch_size=4, seed=5, window=10)
+        it.set_state(pickle.loads(open({str(state_path)!r}, "rb").read()))
+        np.save({str(tmp_path / "got.npy")!r}, np.stack([next(it)["signal"] for _ in range(4)]))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    np.testing.assert_array_equal(np.load(tmp_path / "got.npy"), expected)
+
+
+def test_random_crops_are_windows_of_the_signal_and_reproducible():
+    ramp = np.arange(NUM_SAMPLES, dtype=np.float32)[:, None] * np.ones((1, 12), np.float32)
+    source = InMemorySource([ramp] * 8, np.zeros((8, 1)), label_names=("x",))
+    first = next(make_train_iterator(source, global_batch_size=8, seed=2, window=10))
+    again = next(make_train_iterator(source, global_batch_size=8, seed=2, window=10))
+    np.testing.assert_array_equal(first["signal"], again["signal"])
+    starts = first["signal"][:, 0, 0]
+    for row, start in zip(first["signal"], starts, strict=True):
+        np.testing.assert_array_equal(row[:, 3], np.arange(start, start + 10))
+    assert len(set(starts.tolist())) > 1  # offsets differ between examples
+
+
+def test_augment_hook_receives_each_element_with_its_own_generator():
+    def signs(seed):
+        iterator = make_train_iterator(
+            make_source(), global_batch_size=8, seed=seed, augment=_negate_some
+        )
+        batch = next(iterator)
+        values = batch["signal"][:, 0, 0]
+        assert [f"r{abs(int(v)):02d}" for v in values] == batch["record_id"].tolist()
+        return np.sign(values[values != 0]).tolist()
+
+    assert signs(0) == signs(0)
+    assert set(signs(0) + signs(1)) == {-1.0, 1.0}
+
+
+def _negate_some(element, rng):
+    return {**element, "signal": element["signal"] * rng.choice([-1.0, 1.0])}
+
+
+def test_unequal_lengths_without_a_window_fail_with_a_clear_message():
+    source = InMemorySource(
+        [np.zeros((10, 12)), np.zeros((12, 12))], np.zeros((2, 1)), label_names=("x",)
+    )
+    with pytest.raises(ValueError, match="pass `window`"):
+        next(make_train_iterator(source, global_batch_size=2, seed=0))
+
+
+def test_eval_iterator_pads_the_last_batch_and_masks_it():
+    source = make_source(10)
+    batches = list(make_eval_iterator(source, global_batch_size=4))
+    assert len(batches) == 3
+    mask = np.concatenate([b["mask"] for b in batches])
+    np.testing.assert_array_equal(mask, [1] * 10 + [0] * 2)
+    real = sum((records_of(b) for b in batches), [])[:10]
+    assert real == list(range(10))
+    assert np.all(batches[-1]["label_mask"][2:] == 0) and np.all(batches[-1]["labels"][2:] == 0)
+
+
+def test_eval_shards_cover_every_record_once_across_processes():
+    source = make_source(10)
+    seen = []
+    for process_index in (0, 1):
+        for batch in make_eval_iterator(
+            source, global_batch_size=4, process_index=process_index, process_count=2
+        ):
+            assert batch["signal"].shape[0] == 2
+            seen += [r for r, m in zip(records_of(batch), batch["mask"], strict=True) if m]
+    assert sorted(seen) == list(range(10))
+
+
+def test_worker_processes_deliver_the_same_batches_as_the_main_process():
+    def first_batches(worker_count):
+        iterator = make_train_iterator(
+            make_source(), global_batch_size=4, seed=9, window=8, worker_count=worker_count
+        )
+        return [records_of(b) for b in take(iterator, 3)]
+
+    assert first_batches(2) == first_batches(0)
+
+
+def test_patient_pairs_are_different_exams_of_one_patient():
+    source = make_source(11)  # patients p0..p2 have 3 exams each, p3 has 2
+    pairs = PatientPairSource(source, seed=0)
+    assert pairs.num_patients == 4 and len(pairs) == 11
+    for i in range(len(pairs)):
+        element = pairs[i]
+        a, b = element["record_id"], element["record_id_b"]
+        assert a != b
+        assert int(a[1:]) // 3 == int(b[1:]) // 3
+        assert element["signal_b"][0, 0] == int(b[1:])
+    batch = next(make_train_iterator(pairs, global_batch_size=4, seed=0, window=8))
+    assert batch["signal_b"].shape == (4, 8, 12)
+
+
+def test_patient_pairs_need_a_patient_with_two_exams():
+    single = InMemorySource(
+        [np.zeros((4, 12))] * 2, np.zeros((2, 1)), label_names=("x",), patient_ids=["p", "q"]
+    )
+    with pytest.raises(ValueError, match="two or more exams"):
+        PatientPairSource(single)
