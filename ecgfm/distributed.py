@@ -33,7 +33,7 @@ def initialize(config: ConfigDict) -> None:
     if address:
         num_processes = dist.get("num_processes") or int(os.environ["JAX_NUM_PROCESSES"])
         process_id = dist.get("process_id")
-        if process_id is None:
+        if process_id is None or process_id < 0:  # unset in the config
             process_id = int(os.environ["JAX_PROCESS_ID"])
         log.info("joining %s as process %d of %d", address, process_id, num_processes)
         jax.distributed.initialize(

@@ -62,7 +62,9 @@ def make_mesh(
     devices = list(jax.devices() if devices is None else devices)
     if data == -1:
         if len(devices) % (fsdp * model):
-            raise ValueError(f"{len(devices)} devices do not split into fsdp={fsdp} × model={model}")
+            raise ValueError(
+                f"{len(devices)} devices do not split into fsdp={fsdp} × model={model}"
+            )
         data = len(devices) // (fsdp * model)
     shape = (data, fsdp, model)
     if math.prod(shape) != len(devices):

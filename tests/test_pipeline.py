@@ -1,5 +1,6 @@
 """grain pipelines: order, sharding, resume, crops, eval padding and patient pairs."""
 
+import itertools
 import pickle
 import subprocess
 import sys
@@ -51,8 +52,8 @@ def test_an_epoch_visits_every_record_once_and_the_next_epoch_reshuffles():
     steps = steps_per_epoch(NUM_RECORDS, 6)
     assert steps == 4
     iterator = make_train_iterator(make_source(), global_batch_size=6, seed=3)
-    epoch0 = sum((records_of(b) for b in take(iterator, steps)), [])
-    epoch1 = sum((records_of(b) for b in take(iterator, steps)), [])
+    epoch0 = list(itertools.chain.from_iterable(records_of(b) for b in take(iterator, steps)))
+    epoch1 = list(itertools.chain.from_iterable(records_of(b) for b in take(iterator, steps)))
     assert sorted(epoch0) == sorted(epoch1) == list(range(NUM_RECORDS))
     assert epoch0 != epoch1
     assert epoch0 != list(range(NUM_RECORDS))
@@ -75,7 +76,7 @@ def test_two_processes_see_disjoint_halves_whose_union_is_the_epoch():
         )  # fmt: skip
         batches = take(iterator, NUM_RECORDS // 4)
         assert all(b["signal"].shape[0] == 2 for b in batches)
-        return sum((records_of(b) for b in batches), [])
+        return list(itertools.chain.from_iterable(records_of(b) for b in batches))
 
     first, second = shard(0), shard(1)
     assert not set(first) & set(second)
@@ -164,7 +165,7 @@ def test_eval_iterator_pads_the_last_batch_and_masks_it():
     assert len(batches) == 3
     mask = np.concatenate([b["mask"] for b in batches])
     np.testing.assert_array_equal(mask, [1] * 10 + [0] * 2)
-    real = sum((records_of(b) for b in batches), [])[:10]
+    real = list(itertools.chain.from_iterable(records_of(b) for b in batches))[:10]
     assert real == list(range(10))
     assert np.all(batches[-1]["label_mask"][2:] == 0) and np.all(batches[-1]["labels"][2:] == 0)
 

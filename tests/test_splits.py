@@ -36,7 +36,7 @@ def test_patient_split_has_no_patient_on_two_sides_and_is_seeded():
     sides = {name: {patient_of[r] for r in ids} for name, ids in split.items()}
     assert not sides["train"] & sides["validation"]
     assert not sides["train"] & sides["test"] and not sides["validation"] & sides["test"]
-    assert sorted(sum(split.values(), [])) == sorted(records)
+    assert sorted(r for ids in split.values() for r in ids) == sorted(records)
     biggest = max(collections.Counter(patients).values())
     for name, fraction in fractions.items():
         assert abs(len(split[name]) - fraction * 600) <= biggest
@@ -45,7 +45,9 @@ def test_patient_split_has_no_patient_on_two_sides_and_is_seeded():
 
 
 def test_records_without_patient_count_as_their_own_patient():
-    split = patient_split(["a", "b", "c", "d"], [None, None, "", ""], fractions={"x": 0.5, "y": 0.5})
+    split = patient_split(
+        ["a", "b", "c", "d"], [None, None, "", ""], fractions={"x": 0.5, "y": 0.5}
+    )
     assert sorted(len(v) for v in split.values()) == [2, 2]
 
 

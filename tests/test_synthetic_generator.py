@@ -13,7 +13,7 @@ from ecgfm.data.record import LEADS
 from ecgfm.data.synthetic.generator import CONDITIONS, CONFLICTS, synthesize_ecg
 
 FS = 500.0
-N_EXAMS = 12
+N_EXAMS = 10
 LEAD = {name: i for i, name in enumerate(LEADS)}
 
 
@@ -109,12 +109,14 @@ def _p_to_qrs_s(signal_TC, fs=FS):
 
 
 def _qrs_bounds(beat_LC, zero, fs=FS):
-    """Onset and end (samples) of the QRS of an averaged beat: derivative energy above 4%."""
+    """Onset and end (samples) of the QRS of an averaged beat, where the derivative energy first
+    exceeds 1.5% and last exceeds 4% of its peak (the septal onset is slow, the end is not)."""
     energy_L = np.sum(np.diff(beat_LC, axis=0) ** 2, axis=1)
     lo = zero - round(0.1 * fs)
     window = energy_L[lo : zero + round(0.12 * fs)]
-    above = np.flatnonzero(window > 0.04 * window.max())
-    return lo + above[0], lo + above[-1]
+    onset = np.flatnonzero(window > 0.015 * window.max())[0]
+    end = np.flatnonzero(window > 0.04 * window.max())[-1]
+    return lo + onset, lo + end
 
 
 def _p_wave_mv(signal_TC, fs=FS):
@@ -123,6 +125,18 @@ def _p_wave_mv(signal_TC, fs=FS):
     segment = beat_LC[zero - round(0.3 * fs) : zero - round(0.06 * fs), LEAD["II"]]
     _, props = signal.find_peaks(segment, prominence=0.0)
     return float(props["prominences"].max(initial=0.0))
+
+
+def _q_wave_s(beat_LC, zero, lead, fs=FS):
+    """Duration of an initial negative QRS deflection (a Q wave) in an averaged beat; 0 if the
+    QRS starts upwards."""
+    onset, end = _qrs_bounds(beat_LC, zero, fs)
+    qrs = beat_LC[onset : end + 1, LEAD[lead]] - beat_LC[onset, LEAD[lead]]
+    first = np.flatnonzero(np.abs(qrs) > 0.05)
+    if not len(first) or qrs[first[0]] > 0:
+        return 0.0
+    back_up = np.flatnonzero(qrs[first[0] :] >= 0)
+    return (first[0] + (back_up[0] if len(back_up) else len(qrs))) / fs
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +359,5 @@ def test_t_inversion_turns_the_lateral_t_waves_negative(exams):
 def test_infarction_gives_q_waves_and_st_elevation_in_its_territory(exams, infarct, leads):
     for x in exams(infarct):
         beat_LC, zero = _average_beat(x)
-        onset, _ = _qrs_bounds(beat_LC, zero)
-        initial = beat_LC[onset : onset + round(0.04 * FS), [LEAD[n] for n in leads]]
-        assert initial.min(axis=0).max() < -0.1, "no Q wave"
+        assert max(_q_wave_s(beat_LC, zero, n) for n in leads) >= 0.035, "no pathological Q"
         assert max(_st_level_mv(x)[[LEAD[n] for n in leads]]) > 0.1

@@ -1,4 +1,4 @@
-"""TFDS builders: array_record builds from synthetic and real folders read back as the readers do."""
+"""TFDS builders: array_record builds from synthetic and real folders read back as readers do."""
 
 import pickle
 import shutil
@@ -208,7 +208,7 @@ def test_cpsc_build_from_real_mat_files_with_a_reference(tmp_path, real_data):
     src = tmp_path / "src"
     shutil.copytree(real_data / "cpsc2018", src)
     labels = {"A1980": "1", "A1981": "2,5", "A1982": "7", "A1983": "4", "A1984": "9"}
-    rows = [f"{r},{l.split(',')[0]},{(l.split(',') + [''])[1]}," for r, l in labels.items()]
+    rows = [f"{r},{codes if ',' in codes else codes + ','}," for r, codes in labels.items()]
     (src / "REFERENCE.csv").write_text(
         "Recording,First_label,Second_label,Third_label\n" + "\n".join(rows) + "\n"
     )

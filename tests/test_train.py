@@ -131,7 +131,12 @@ def test_smoke_config_trains_evaluates_and_writes_its_workdir(tmp_path):
 
     config = load_config(
         "experiments/configs/smoke.py",
-        ["train.steps=6", "train.eval_every=3", "train.checkpoint_every=3", "data.synthetic_exams=48"],
+        [
+            "train.steps=6",
+            "train.eval_every=3",
+            "train.checkpoint_every=3",
+            "data.synthetic_exams=48",
+        ],
     )
     final = train_and_evaluate(config, tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

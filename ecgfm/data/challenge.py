@@ -37,7 +37,7 @@ from ecgfm.data.record import (
     Sex,
     SkipLog,
     check_signal,
-    handle_bad_record,
+    read_each,
     to_canonical_leads,
 )
 
@@ -421,10 +421,4 @@ class ChallengeDataset:
         self, on_error: OnError = "raise", skip_log: SkipLog | None = None
     ) -> Iterator[EcgRecord]:
         """Yields every record in `record_ids` order; bad ones raise or are skipped and logged."""
-        for record_id in self.record_ids:
-            try:
-                record = self.read(record_id)
-            except EcgFormatError as err:
-                handle_bad_record(err, on_error, skip_log)
-                continue
-            yield record
+        return read_each(self.read, self.record_ids, on_error, skip_log)

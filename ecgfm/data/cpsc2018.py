@@ -32,7 +32,7 @@ from ecgfm.data.record import (
     Sex,
     SkipLog,
     check_signal,
-    handle_bad_record,
+    read_each,
 )
 
 CPSC_CLASSES: tuple[str, ...] = (
@@ -223,13 +223,7 @@ class Cpsc2018:
         self, on_error: OnError = "raise", skip_log: SkipLog | None = None
     ) -> Iterator[EcgRecord]:
         """Yields every record in `record_ids` order; bad ones raise or are skipped and logged."""
-        for record_id in self.record_ids:
-            try:
-                record = self.read(record_id)
-            except EcgFormatError as err:
-                handle_bad_record(err, on_error, skip_log)
-                continue
-            yield record
+        return read_each(self.read, self.record_ids, on_error, skip_log)
 
 
 def read_cpsc_mat_with_reference(path: str | pathlib.Path) -> EcgRecord:

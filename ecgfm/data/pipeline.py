@@ -107,20 +107,24 @@ class _TrainElement:
         self.window = window
         self.augment = augment
         self.per_process = len(source) // process_count
-        self._epoch = -1
-        self._order: np.ndarray | None = None
+        self._cached_order: tuple[int, np.ndarray] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_epoch": -1, "_order": None}
+        return {**self.__dict__, "_cached_order": None}
 
     def record_index(self, position: int) -> tuple[int, int]:
         """(epoch, source index) of this process's stream position."""
         epoch, k = divmod(position, self.per_process)
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order = rng.permutation(len(self.source))
-            self._epoch = epoch
-        return epoch, int(self._order[k * self.process_count + self.process_index])
+        # grain's prefetch threads share this object: read and replace the (epoch, order)
+        # pair as one value, so a thread still in epoch e never indexes epoch e+1's order.
+        cached = self._cached_order
+        if cached is None or cached[0] != epoch:
+            cached = (
+                epoch,
+                np.random.default_rng([self.seed, epoch]).permutation(len(self.source)),
+            )
+            self._cached_order = cached
+        return epoch, int(cached[1][k * self.process_count + self.process_index])
 
     def __call__(self, position: int) -> Element:
         epoch, index = self.record_index(position)

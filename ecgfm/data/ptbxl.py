@@ -33,6 +33,7 @@ from ecgfm.data.record import (
     SkipLog,
     check_signal,
     handle_bad_record,
+    read_each,
     to_canonical_leads,
 )
 
@@ -409,11 +410,9 @@ class PtbXl:
         skip_log: SkipLog | None = None,
     ) -> Iterator[EcgRecord]:
         """Every record in file order; a bad one raises, or is skipped and logged."""
-        for ecg_id in self.record_ids:
-            try:
-                yield self.read(ecg_id, sampling_rate)
-            except EcgFormatError as err:
-                handle_bad_record(err, on_error, skip_log)
+        return read_each(
+            lambda ecg_id: self.read(ecg_id, sampling_rate), self.record_ids, on_error, skip_log
+        )
 
 
 def read_ptbxl_record(record_path: str | os.PathLike) -> EcgRecord:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -181,3 +181,19 @@ def handle_bad_record(error: EcgFormatError, on_error: OnError, skip_log: SkipLo
     if skip_log is None:
         raise ValueError("on_error='skip' needs a SkipLog to record what was skipped") from error
     skip_log.add(error.path, error.problem)
+
+
+def read_each(
+    read: Callable[[Any], EcgRecord],
+    record_ids: Iterable[Any],
+    on_error: OnError = "raise",
+    skip_log: SkipLog | None = None,
+) -> Iterator[EcgRecord]:
+    """Yields `read(id)` for each id; a bad record raises, or is skipped, counted and logged."""
+    for record_id in record_ids:
+        try:
+            record = read(record_id)
+        except EcgFormatError as error:
+            handle_bad_record(error, on_error, skip_log)
+            continue
+        yield record

@@ -206,7 +206,9 @@ class ViT1d(nnx.Module):
         """`[B, T, C]` → `[B, C · n, D]` patch tokens with position and lead embeddings added."""
         b, t, c = signal_BTC.shape
         if c != self.config.num_leads:
-            raise ValueError(f"expected {self.config.num_leads} leads, got signal shape {[b, t, c]}")
+            raise ValueError(
+                f"expected {self.config.num_leads} leads, got signal shape {[b, t, c]}"
+            )
         n = self.num_patches(t)
         patches_BCnP = jnp.transpose(signal_BTC, (0, 2, 1)).reshape(b, c, n, -1)
         tokens = self.token_norm(self.patch_embed(self.patch_norm(patches_BCnP)))

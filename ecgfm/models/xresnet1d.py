@@ -200,7 +200,9 @@ class XResNet1d(nnx.Module):
         )
         blocks = []
         in_channels = s[2]
-        for stage, (n_blocks, width) in enumerate(zip(blocks_per_stage, config.widths, strict=True)):
+        for stage, (n_blocks, width) in enumerate(
+            zip(blocks_per_stage, config.widths, strict=True)
+        ):
             width = int(width * config.widen)
             for i in range(n_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1

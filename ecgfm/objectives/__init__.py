@@ -15,6 +15,9 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
+from ecgfm.objectives.contrastive import ContrastiveObjective
+from ecgfm.objectives.jepa import JepaObjective
+from ecgfm.objectives.masked import MaskedObjective
 from ecgfm.objectives.supervised import SupervisedObjective
 
 Batch = dict[str, jax.Array]
@@ -38,7 +41,12 @@ class Objective(Protocol):
         """Host-side summary of the concatenated `eval_outputs` of a whole split."""
 
 
-OBJECTIVES: dict[str, Any] = {"supervised": SupervisedObjective}
+OBJECTIVES: dict[str, Any] = {
+    "supervised": SupervisedObjective,
+    "contrastive": ContrastiveObjective,
+    "masked": MaskedObjective,
+    "jepa": JepaObjective,
+}
 
 
 def make_objective(config: ConfigDict) -> Objective:

@@ -120,6 +120,29 @@ def from_module(
     )
 
 
+def from_export(path: str | os.PathLike) -> FrozenEncoder:
+    """An encoder written by `ecgfm export`, loaded with `ecgfm.export.load_encoder`.
+
+    The loaded encoder checks its inputs against its own preprocessing spec; it is called
+    on `[B, T, C]` inputs and returns an `EncoderOutput` (or the embedding itself).
+    """
+    from ecgfm.export import load_encoder  # the trainer's module; imported only when used
+
+    loaded = load_encoder(path)
+
+    def embed(signal_BTC: np.ndarray) -> np.ndarray:
+        out = loaded(signal_BTC)
+        return np.asarray(getattr(out, "embedding_BD", out), dtype=np.float32)
+
+    return FrozenEncoder(
+        embed=embed,
+        preprocessing=loaded.preprocessing,
+        checkpoint_hash=hash_path(path),
+        checkpoint_path=str(pathlib.Path(path).resolve()),
+        architecture=getattr(loaded, "architecture", None),
+    )
+
+
 def random_encoder(
     model: str, config: Mapping[str, Any] | None, preprocessing: Preprocessing, *, seed: int
 ) -> FrozenEncoder:
@@ -149,7 +172,7 @@ def random_twin(encoder: FrozenEncoder, *, seed: int) -> FrozenEncoder:
 
 @dataclasses.dataclass(frozen=True)
 class Embeddings:
-    """Window embeddings of records: `embeddings_WD[i]` belongs to `record_ids[record_of_window_W[i]]`.
+    """Window embeddings: row i belongs to `record_ids[record_of_window_W[i]]`.
 
     `num_cached`/`num_computed` count records read from the cache / embedded now; `skipped`
     lists (where, why) for unreadable records left out (with `on_error="skip"`).
@@ -201,7 +224,7 @@ def record_windows(
     return cut_windows(whole(signal_TC, sampling_rate), length, stride)
 
 
-def _load_cache(path: pathlib.Path) -> dict[str, tuple[np.ndarray]]:
+def _load_cache(path: pathlib.Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         return {}
     with np.load(path) as f:
@@ -291,7 +314,9 @@ def _embed_inputs(
     for shape, members in by_shape.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            batch = np.zeros((batch_size, *shape), np.float32)
+            # Two batch shapes at most (full, and all-in-one when fewer): few compilations.
+            size = batch_size if len(members) > batch_size else len(members)
+            batch = np.zeros((size, *shape), np.float32)
             for i, (record_id, w) in enumerate(chunk):
                 batch[i] = inputs[record_id][w]
             embedded = encoder.embed(batch)[: len(chunk)]

@@ -152,7 +152,9 @@ class TaskSpec:
         if self.dataset == "ptbxl":
             folds = splits_lib.PTBXL_FOLDS
             return ", ".join(f"{s}: strat_fold {list(folds[s])}" for s in SPLITS)
-        return f"split file {self.split_file or 'ecgfm/resources/' + splits_lib.CPSC2018_SPLIT_FILE}"
+        return (
+            f"split file {self.split_file or 'ecgfm/resources/' + splits_lib.CPSC2018_SPLIT_FILE}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON: the task, its split and its windowing, as recorded with results."""
@@ -346,7 +348,10 @@ def run_study(
         for seed in seeds
     }
     runs: list[dict[str, Any]] = []
-    predictions: dict[str, np.ndarray] = {"test_labels_NK": test_labels}
+    predictions: dict[str, np.ndarray] = {
+        "test_labels_NK": test_labels,
+        "test_record_ids": np.array(task.record_ids[splits_lib.TEST]),
+    }
     for method_name, method in methods.items():
         for fraction in sorted(subsets[seeds[0]]):
             for seed in seeds if fraction < 1.0 else seeds[:1]:

@@ -122,10 +122,9 @@ def _rhythm(
     rr_mean = 60.0 / _heart_rate(rng, conds)
     n = int(np.ceil((duration_s + _PRE_S + _POST_S + 2.0) / (0.45 * rr_mean))) + 4
     if "af" in conds:
-        # Irregularly irregular: independent RR intervals, coefficient of variation 0.22–0.38.
-        cv = rng.uniform(0.22, 0.38)
-        rr = rr_mean * rng.lognormal(-0.5 * cv**2, cv, n)
-        rr = np.maximum(rr, 0.3)
+        # Irregularly irregular: independent RR intervals, coefficient of variation 0.2–0.35.
+        cv = rng.uniform(0.2, 0.35)
+        rr = np.maximum(rr_mean * (1 + cv * rng.standard_normal(n)), 0.3)
     else:
         nominal = np.arange(n) * rr_mean
         rsa = rng.uniform(0.01, 0.04) * np.sin(2 * np.pi * resp_hz * nominal + rng.uniform(0, 6.3))
@@ -175,13 +174,14 @@ def _sinus_beat(
     else:
         septal = np.array([-0.2, 0.05, -0.25])
         r_vec = np.array([1.2, 0.9, 0.45])
-        if "mi_anterior" in conds:
-            # Lost anterior forces: early vector points away from V1–V4 (posterior).
-            septal = np.array([0.05, 0.0, 0.55])
-            r_vec = r_vec + np.array([0.0, 0.0, 0.35])
-        if "mi_inferior" in conds:
-            septal = septal + np.array([0.0, -0.6, 0.0])
-            r_vec = r_vec * np.array([1.0, 0.45, 1.0])
+        for infarct, wall in (("mi_anterior", "anterior"), ("mi_inferior", "inferior")):
+            if infarct in conds:
+                # Dead myocardium adds no forces, so the early QRS vector points away from the
+                # wall: a Q wave of ≥ 40 ms in the leads facing it, and less R there.
+                u = _TERRITORIES[wall] / np.linalg.norm(_TERRITORIES[wall])
+                septal = septal - np.dot(septal, u) * u
+                r_vec = r_vec - 0.75 * max(np.dot(r_vec, u), 0.0) * u
+                w.add(-0.024 * q, 0.015 * q, 0.013 * q, -rng.uniform(0.5, 0.8) * u, _QRS)
         w.add(-0.024 * q, 0.009 * q, 0.008 * q, septal, _QRS)
         w.add(0.0, 0.0095 * q, 0.0095 * q, r_vec, _QRS)
         s_vec = np.array([-0.35, -0.3, 0.7])
@@ -190,7 +190,7 @@ def _sinus_beat(
             # anterior: R' in V1, broad S in I and V6.
             s_vec = s_vec * 0.4
             w.add(0.022 * q, 0.01 * q, 0.01 * q, s_vec, _QRS)
-            w.add(0.058, 0.016, 0.02, [-0.45, -0.05, -0.65], _QRS)
+            w.add(0.058, 0.016, 0.02, [-0.5, -0.05, -0.75], _QRS)
             onset, j = -0.045 * q, 0.1
         else:
             w.add(0.022 * q, 0.01 * q, 0.01 * q, s_vec, _QRS)
@@ -268,7 +268,9 @@ def synthesize_ecg(
         sinus.rows = [r for r in sinus.rows if r[4] != _P]
     morphs = (sinus, pac, pvc)
     n_waves = max(len(m.rows) for m in morphs)
-    c_MW, sl_MW, sr_MW, v_MW3, g_MW = (np.stack(a) for a in zip(*(m.arrays(n_waves) for m in morphs)))
+    c_MW, sl_MW, sr_MW, v_MW3, g_MW = (
+        np.stack(a) for a in zip(*(m.arrays(n_waves) for m in morphs))
+    )
 
     # Per-beat wave parameters; T waves follow QT (Fridericia) of the preceding RR.
     qtc = rng.uniform(0.37, 0.43) + (0.03 if {"lbbb", "rbbb"} & conds else 0.0)
@@ -299,13 +301,15 @@ def synthesize_ecg(
         plateau_KL = _expit((t_KL - j_K[:, None]) / 0.006) * _expit(
             (t_peak_K[:, None] - t_KL) / 0.03
         )
-        dipole_KL3 += plateau_KL[:, :, None] * np.where(kinds == _PVC, 0.0, 1.0)[:, None, None] * st_vec
+        dipole_KL3 += (
+            plateau_KL[:, :, None] * np.where(kinds == _PVC, 0.0, 1.0)[:, None, None] * st_vec
+        )
 
     pad = pre + post
     dipole_T3 = np.zeros((n_samples + 2 * pad, 3))
     for k in range(len(times)):
         s = start_K[k] + pad
-        if 0 <= s and s + pre + post <= dipole_T3.shape[0]:
+        if s >= 0 and s + pre + post <= dipole_T3.shape[0]:
             dipole_T3[s : s + pre + post] += dipole_KL3[k]
     dipole_T3 = dipole_T3[pad : pad + n_samples]
     t = np.arange(n_samples) / fs
