@@ -124,8 +124,11 @@ class JaxStep:
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost  # a list of one dict in older JAX
         self.flops = float(cost["flops"]) if cost and "flops" in cost else None
-        self.device = f"{device.platform}: {device.device_kind}"
-        self.peak = peak_flops(device.device_kind) if device.platform != "cpu" else None
+        on_cpu = device.platform == "cpu"
+        # JAX calls NVIDIA GPUs "gpu", PyTorch "cuda": one name, so the table can compare.
+        platform_name = {"gpu": "cuda"}.get(device.platform, device.platform)
+        self.device = "cpu" if on_cpu else f"{platform_name}: {device.device_kind}"
+        self.peak = None if on_cpu else peak_flops(device.device_kind)
         self.metrics = None
 
     def run(self, steps: int) -> None:
@@ -158,8 +161,7 @@ class TorchStep:
         self.signal = torch.from_numpy(batch["signal"].transpose(0, 2, 1).copy()).to(device)
         self.labels = torch.from_numpy(batch["labels"]).to(device)
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
-        name = torch.cuda.get_device_name() if self.cuda else platform.processor() or "CPU"
-        self.device = f"{device.type}: {name}"
+        self.device = f"cuda: {torch.cuda.get_device_name()}" if self.cuda else "cpu"
         self.flops = self.peak = None
 
     def run(self, steps: int) -> None:

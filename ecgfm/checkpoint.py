@@ -82,7 +82,7 @@ class Checkpointer:
         for step in reversed(self.all_steps()):
             try:
                 state = self._restore(step, target, data_iterator)
-            except Exception as err:  # noqa: BLE001 — any damage means: use an older step
+            except Exception as err:
                 log.warning(
                     "checkpoint step %d in %s does not restore (%s: %s); deleting it and "
                     "falling back to the previous step",
@@ -116,7 +116,8 @@ def restore_state(path: str | pathlib.Path, target: Any) -> Any:
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint under {path}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    restored = manager.restore(step, args=args)
     manager.close()
     return restored[_STATE]
 

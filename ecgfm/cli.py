@@ -29,9 +29,30 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_built_dataset(summary: dict) -> str:
+    spec = summary.get("preprocessing")
+    lines = [
+        f"{summary['name']} {summary.get('version')}  at {summary['path']}",
+        f"  preprocessing: {spec if spec else 'none (signals as the source ships them)'}",
+        f"  storage: {summary['storage']}",
+        f"  splits: {summary.get('split_plan')}",
+    ]
+    for split, info in summary["splits"].items():
+        lines.append(
+            f"  {split:<11} {info['num_records']:>8} records  {info.get('num_patients', 0):>7} "
+            f"patients  {info.get('num_shards', 0)} shards  {len(info.get('skipped', []))} skipped"
+        )
+        for task, frequencies in info.get("label_frequency", {}).items():
+            top = sorted(frequencies.items(), key=lambda kv: -kv[1])
+            shown = ", ".join(f"{label} {freq:.1%}" for label, freq in top[:12])
+            more = f" (+{len(top) - 12} more)" if len(top) > 12 else ""
+            lines.append(f"      {task}: {shown}{more}")
+    return "\n".join(lines)
+
+
 def _format_summary(summary: dict) -> str:
-    if "splits" in summary:  # a built dataset
-        return json.dumps(summary, indent=2)
+    if "splits" in summary:
+        return _format_built_dataset(summary)
     lines = [
         f"{summary['path']}  [{summary['format']}]",
         f"  record {summary['record_id']}  patient {summary.get('patient_id')}  "
@@ -73,7 +94,7 @@ def _prepare(args: argparse.Namespace) -> int:
     summary = prepare_dataset(
         args.dataset, args.src, args.data_dir, on_error="skip" if args.skip_bad else "raise"
     )
-    print(json.dumps(summary, indent=2, default=str))
+    print(_format_built_dataset(summary))
     return 0
 
 

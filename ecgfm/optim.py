@@ -1,4 +1,4 @@
-"""Optimizers: AdamW with warm-up + cosine or one-cycle schedules, clipping, decay masks, accumulation.
+"""AdamW with warm-up + cosine or one-cycle schedules, clipping, decay masks, accumulation.
 
 `make_optimizer(config, total_steps)` reads `config.optim` (see experiments/configs/smoke.py):
 `learning_rate`, `schedule` ("warmup_cosine" | "one_cycle" | "constant"), `warmup_steps`,

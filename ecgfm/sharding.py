@@ -68,8 +68,8 @@ def make_mesh(
         data = len(devices) // (fsdp * model)
     shape = (data, fsdp, model)
     if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
-                         f"got {len(devices)}")  # fmt: skip
+        sizes = dict(zip(MESH_AXES, shape, strict=True))
+        raise ValueError(f"mesh {sizes} needs {math.prod(shape)} devices, got {len(devices)}")
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 

@@ -68,9 +68,7 @@ def train_step(
         loss, metrics = objective.loss_fn(model, batch, rngs, train=True)
         return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
-    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-        state["params"]
-    )
+    (_, (metrics, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = dict(metrics)
@@ -407,8 +405,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
             pending, last_dispatch = (step, device_metrics, now - last_dispatch), now
             progress.update(1)
             saved = checkpointer.save(step, state, train_iter)
-            if val_source is not None and train_cfg.eval_every and (
-                step % train_cfg.eval_every == 0 or step == train_cfg.steps
+            if (
+                val_source is not None
+                and train_cfg.eval_every
+                and (step % train_cfg.eval_every == 0 or step == train_cfg.steps)
             ):
                 final = fetch(*pending)
                 pending = None

@@ -128,7 +128,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
 
     fresh = _iterator()
     with caplog.at_level(logging.WARNING):
-        state, step = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3).restore_latest(
+        _, step = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3).restore_latest(
             _target(mesh), fresh
         )
     assert step == 1

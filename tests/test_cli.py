@@ -101,3 +101,14 @@ def test_evaluate_refuses_mismatched_files(tmp_path):
     np.save(tmp_path / "p.npy", np.zeros((10, 3)))
     with pytest.raises(SystemExit, match="shape"):
         main(["evaluate", "--labels", str(tmp_path / "y.npy"), "--scores", str(tmp_path / "p.npy")])
+
+
+def test_prepare_then_inspect_a_built_dataset(capsys, tmp_path):
+    assert main(["synth", "cpsc2018", "--out", str(tmp_path / "src"), "--exams", "12"]) == 0
+    args = ["--src", str(tmp_path / "src"), "--data-dir", str(tmp_path / "tfds")]
+    assert main(["prepare", "cpsc2018", *args]) == 0
+    capsys.readouterr()
+    (summary,) = _inspect_json(capsys, tmp_path / "tfds" / "cpsc2018")
+    assert summary["format"] == "tfds"
+    assert sum(split["num_records"] for split in summary["splits"].values()) == 12
+    assert summary["preprocessing"] is not None or "preprocessing" in summary

@@ -34,8 +34,18 @@ def summarize_path(path: str | pathlib.Path) -> dict[str, Any]:
     """Summary of one PATH as `ecgfm inspect` prints it: a record, or a built TFDS dataset."""
     p = pathlib.Path(str(path))
     if p.is_dir():
-        from ecgfm.data.tfds_builders import describe_built_dataset
-
-        return {"path": str(path), "format": "tfds", **describe_built_dataset(p)}
+        return {"path": str(path), "format": "tfds", **_describe_built(p)}
     fmt = detect_format(path)
     return {"path": str(path), "format": fmt, **summarize_record(read_any(path))}
+
+
+def _describe_built(folder: pathlib.Path) -> dict[str, Any]:
+    """A dataset `ecgfm prepare` built, given as `DATA_DIR/NAME` or its version folder."""
+    from ecgfm.data.tfds_builders import describe_built_dataset
+
+    if (folder / "dataset_info.json").is_file():  # DATA_DIR/NAME/CONFIG/VERSION
+        version = folder.resolve()
+        return describe_built_dataset(
+            version.parents[2], version.parents[1].name, config=version.parent.name
+        )
+    return describe_built_dataset(folder.parent, folder.name)

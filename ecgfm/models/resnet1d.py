@@ -20,6 +20,7 @@ flatten → dense head adds 5,121 weights per class.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -148,10 +149,7 @@ class RibeiroResNet(nnx.Module):
         self.stem_conv = _conv(config.num_leads, widths[0], config.kernel_size, 1, config, rngs)
         self.stem_bn = _batch_norm(widths[0], config, rngs)
         self.units = nnx.List(
-            [
-                ResidualUnit(c_in, c_out, config, rngs)
-                for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
-            ]
+            [ResidualUnit(c_in, c_out, config, rngs) for c_in, c_out in itertools.pairwise(widths)]
         )
 
     @property

@@ -60,7 +60,7 @@ def macro_auroc(scores_BK: np.ndarray, labels_BK: np.ndarray, weight_BK: np.ndar
 
 @dataclasses.dataclass(frozen=True)
 class SupervisedObjective:
-    """Multilabel BCE on the dataset's labels; `config.pos_weight` is None or one float per class."""
+    """Multilabel BCE on the dataset's labels; `config.pos_weight`: None or a float per class."""
 
     config: ConfigDict
 

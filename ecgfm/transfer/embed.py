@@ -33,7 +33,7 @@ from flax import nnx
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import EcgFormatError, OnError, SkipLog, handle_bad_record
 from ecgfm.models import build_encoder
-from ecgfm.transfer.protocol import cut_windows
+from ecgfm.transfer.protocol import Windowing, cut_windows
 
 log = logging.getLogger(__name__)
 
@@ -248,58 +248,79 @@ def _save_cache(path: pathlib.Path, per_record: Mapping[str, np.ndarray], key: d
 
 
 def embed_records(
-    encoder: FrozenEncoder,
+    encoders: Mapping[str, FrozenEncoder],
     read: Callable[[str], Any],
     record_ids: Sequence[str],
     *,
     dataset_id: str,
-    window: tuple[int, int] | None,
+    windowing: Windowing,
+    train: bool,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
+    chunk_records: int = 512,
     on_error: OnError = "raise",
-) -> Embeddings:
-    """Embeddings of every window of `record_ids` (read with `read(record_id) -> EcgRecord`).
+) -> dict[str, Embeddings]:
+    """Per encoder, embeddings of every window of `record_ids` (`read(id) -> EcgRecord`).
 
-    `window` is (length, stride) in samples at the encoder's rate, or None for whole records.
-    Batches are padded to `batch_size` so the encoder compiles once per input shape.
+    Each record is read once for all encoders; windows follow `windowing` (training or
+    evaluation stride) at each encoder's sampling rate. Records are processed `chunk_records`
+    at a time so memory holds one chunk's inputs, and the encoder sees batches of
+    `batch_size` (or of the next power of two below it), so it compiles once or twice.
     """
-    per_record: dict[str, np.ndarray] = {}
-    cache_file = None
-    key_contents: dict[str, Any] = {}
+    unique_ids = list(dict.fromkeys(record_ids))
+    windows = {
+        name: windowing.samples(e.preprocessing.sampling_rate, train)
+        for name, e in encoders.items()
+    }
+    cached: dict[str, dict[str, np.ndarray]] = {name: {} for name in encoders}
+    cache_files: dict[str, pathlib.Path | None] = dict.fromkeys(encoders)
+    keys: dict[str, dict[str, Any]] = {}
     if cache_dir is not None:
-        key, key_contents = cache_key(encoder, dataset_id, window)
-        cache_file = pathlib.Path(cache_dir) / f"embeddings-{key}.npz"
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        per_record = _load_cache(cache_file)
-    missing = [r for r in dict.fromkeys(record_ids) if r not in per_record]
-    num_cached = len(set(record_ids)) - len(missing)
+        pathlib.Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        for name, e in encoders.items():
+            key, keys[name] = cache_key(e, dataset_id, windows[name])
+            cache_files[name] = pathlib.Path(cache_dir) / f"embeddings-{key}.npz"
+            cached[name] = _load_cache(cache_files[name])
+    missing = {name: [r for r in unique_ids if r not in cached[name]] for name in encoders}
+    to_read = [r for r in unique_ids if any(r in set(m) for m in missing.values())]
     skip_log = SkipLog()
-    inputs: dict[str, np.ndarray] = {}
-    for record_id in missing:
-        try:
-            record = read(record_id)
-            inputs[record_id] = record_windows(
-                record.signal, record.sampling_rate, encoder.preprocessing, window
-            )
-        except EcgFormatError as err:
-            handle_bad_record(err, on_error, skip_log)
-    per_record.update(_embed_inputs(encoder, inputs, batch_size))
-    if cache_file is not None and inputs:
-        _save_cache(cache_file, per_record, key_contents)
-    if inputs:
-        log.info("embedded %d records (%d from cache)", len(inputs), num_cached)
-    kept = [r for r in record_ids if r in per_record]
-    return Embeddings(
-        record_ids=kept,
-        embeddings_WD=np.concatenate([per_record[r] for r in kept]).astype(np.float32),
-        record_of_window_W=np.concatenate(
-            [np.full(len(per_record[r]), n, dtype=np.int64) for n, r in enumerate(kept)]
-        ),
-        num_cached=num_cached,
-        num_computed=len(inputs),
-        skipped=list(skip_log.skipped),
-        cache_file=None if cache_file is None else str(cache_file),
-    )
+    computed = {name: 0 for name in encoders}
+    for start in range(0, len(to_read), chunk_records):
+        records = {}
+        for record_id in to_read[start : start + chunk_records]:
+            try:
+                records[record_id] = read(record_id)
+            except EcgFormatError as err:
+                handle_bad_record(err, on_error, skip_log)
+        for name, e in encoders.items():
+            wanted = set(missing[name])
+            inputs = {
+                r: record_windows(x.signal, x.sampling_rate, e.preprocessing, windows[name])
+                for r, x in records.items()
+                if r in wanted
+            }
+            cached[name].update(_embed_inputs(e, inputs, batch_size))
+            computed[name] += len(inputs)
+    out = {}
+    for name in encoders:
+        if cache_files[name] is not None and computed[name]:
+            _save_cache(cache_files[name], cached[name], keys[name])
+        kept = [r for r in unique_ids if r in cached[name]]
+        out[name] = Embeddings(
+            record_ids=kept,
+            embeddings_WD=np.concatenate([cached[name][r] for r in kept]).astype(np.float32),
+            record_of_window_W=np.concatenate(
+                [np.full(len(cached[name][r]), n, dtype=np.int64) for n, r in enumerate(kept)]
+            ),
+            num_cached=len(unique_ids) - len(missing[name]),
+            num_computed=computed[name],
+            skipped=list(skip_log.skipped),
+            cache_file=None if cache_files[name] is None else str(cache_files[name]),
+        )
+        log.info(
+            "%s: embedded %d records, %d from cache", name, computed[name], out[name].num_cached
+        )
+    return out
 
 
 def _embed_inputs(
@@ -314,8 +335,7 @@ def _embed_inputs(
     for shape, members in by_shape.items():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
-            # Two batch shapes at most (full, and all-in-one when fewer): few compilations.
-            size = batch_size if len(members) > batch_size else len(members)
+            size = min(batch_size, 1 << (len(chunk) - 1).bit_length())
             batch = np.zeros((size, *shape), np.float32)
             for i, (record_id, w) in enumerate(chunk):
                 batch[i] = inputs[record_id][w]

@@ -301,11 +301,11 @@ class ProbeMethod:
 
     def fit_predict(self, train_index: np.ndarray, seed: int) -> MethodOutput:
         """Fits one probe per λ on `train_index`'s records, keeps the best on validation."""
-        rows, owners = self.train.features(self.aggregation)
-        take = np.isin(owners, train_index)
-        x, owner = rows[take], owners[take]
+        # Records outside the subset stay in the matrix with weight 0, so every label
+        # fraction has the same shape and the solver compiles once.
+        x, owner = self.train.features(self.aggregation)
         y = self.train_labels_NK[owner]
-        weights = 1.0 / np.bincount(owner)[owner]
+        weights = np.isin(owner, train_index) / np.bincount(owner)[owner]
         best, best_score, val_scores = None, -np.inf, {}
         for l2 in sorted(self.l2_grid, reverse=True):
             if self.head == "linear":
@@ -345,27 +345,29 @@ def versions() -> dict[str, str]:
 
 
 def _embed_task(
-    encoder: FrozenEncoder,
+    encoders: Mapping[str, FrozenEncoder],
     task: TaskData,
     *,
     cache_dir: pathlib.Path,
     batch_size: int,
     on_error: OnError,
-) -> dict[str, Embeddings]:
-    rate = encoder.preprocessing.sampling_rate
-    return {
+) -> dict[str, dict[str, Embeddings]]:
+    """Encoder name → split → embeddings (training windows for the training fold)."""
+    per_split = {
         split: embed_records(
-            encoder,
+            encoders,
             task.read,
             task.record_ids[split],
             dataset_id=task.dataset_id,
-            window=task.spec.windowing.samples(rate, train=split == TRAIN),
+            windowing=task.spec.windowing,
+            train=split == TRAIN,
             cache_dir=cache_dir,
             batch_size=batch_size,
             on_error=on_error,
         )
         for split in (TRAIN, VALIDATION, TEST)
     }
+    return {name: {split: per_split[split][name] for split in per_split} for name in encoders}
 
 
 def run_probe(
@@ -406,10 +408,9 @@ def run_probe(
     elif baseline is not None:
         encoders["baseline"] = baseline
     data = load_task(task, data_root)
-    embedded = {
-        name: _embed_task(e, data, cache_dir=cache_dir, batch_size=batch_size, on_error=on_error)
-        for name, e in encoders.items()
-    }
+    embedded = _embed_task(
+        encoders, data, cache_dir=cache_dir, batch_size=batch_size, on_error=on_error
+    )
     skipped = {
         where: why for e in embedded.values() for s in e.values() for where, why in s.skipped
     }

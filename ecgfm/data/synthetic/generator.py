@@ -10,6 +10,13 @@ rate, heart-rate variability, electrical axis, amplitudes, intervals, noise and 
 Conflicting conditions (`CONFLICTS`) raise ValueError: AF has no P waves, so no PR interval to
 prolong and no premature P wave; a rhythm cannot be both slow and fast; one exam has at most one
 bundle branch block. `brady`/`tachy` with `af` set the ventricular rate of the AF.
+
+How conditions act: `st_elevation` lifts the ST segment by 0.1–0.3 mV in a random territory
+(anterior, inferior or lateral; the infarct's territory when `mi_*` is also given) with reciprocal
+depression; `st_depression` is diffuse subendocardial ischaemia (down in I, II, V4–V6, up in
+aVR); `t_inversion` inverts the T vector; `lvh` sets Sokolow–Lyon voltage to 3.8–5.5 mV without
+strain; `mi_*` are acute infarcts (pathological Q + ST elevation; with `lbbb` only the ST change
+shows); `pac`/`pvc` put 1–3 ectopic beats in the record.
 """
 
 from __future__ import annotations
@@ -73,7 +80,7 @@ class _Waves:
     def __init__(self) -> None:
         self.rows: list[tuple[float, float, float, np.ndarray, int]] = []
 
-    def add(self, centre: float, sigma_l: float, sigma_r: float, vec, group: int) -> None:
+    def add(self, centre: float, sigma_l: float, sigma_r: float, vec: object, group: int) -> None:
         self.rows.append((centre, sigma_l, sigma_r, np.asarray(vec, float), group))
 
     def arrays(self, n: int) -> tuple[np.ndarray, ...]:
@@ -89,6 +96,8 @@ class _Waves:
 
 
 def _check_conditions(conditions: Collection[str]) -> frozenset[str]:
+    if isinstance(conditions, str):
+        raise ValueError(f"conditions must be a collection of names, got the string {conditions!r}")
     conds = frozenset(conditions)
     unknown = sorted(conds - set(CONDITIONS))
     if unknown:
@@ -117,8 +126,8 @@ def _heart_rate(rng: np.random.Generator, conds: frozenset[str]) -> float:
 
 def _rhythm(
     rng: np.random.Generator, conds: frozenset[str], duration_s: float, resp_hz: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """R-peak times (s), beat kinds, preceding RR (s) per beat, and the mean RR."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """R-peak times (s), beat kinds and the RR interval (s) before each beat."""
     rr_mean = 60.0 / _heart_rate(rng, conds)
     n = int(np.ceil((duration_s + _PRE_S + _POST_S + 2.0) / (0.45 * rr_mean))) + 4
     if "af" in conds:
@@ -154,13 +163,13 @@ def _rhythm(
             rr[k + 1] = rr[k + 1] + (1 - coupling) * normal if kind == _PVC else normal * 1.05
         times = start + np.cumsum(rr)
     keep = (times > -_POST_S) & (times < duration_s + _PRE_S)
-    return times[keep], kinds[keep], rr[keep], rr_mean
+    return times[keep], kinds[keep], rr[keep]
 
 
 def _sinus_beat(
     rng: np.random.Generator, conds: frozenset[str], rot: np.ndarray, scale: dict[str, float]
-) -> tuple[_Waves, float, float, float]:
-    """Waves of a conducted beat; returns waves, QRS onset, J point (s from R) and PR (s)."""
+) -> tuple[_Waves, float, float]:
+    """Waves of a conducted beat, its QRS onset and its J point (s from the R peak)."""
     w = _Waves()
     q = rng.uniform(0.9, 1.1)  # QRS width factor
     qrs_s = scale["qrs"]
@@ -210,7 +219,7 @@ def _sinus_beat(
     t_width = 1.25 if "lbbb" in conds else 1.0
     w.add(0.0, 0.06 * t_width, 0.037 * t_width, t_vec * scale["t"], _T)
     w.rows = [(c, sl, sr, rot @ v * (qrs_s if g == _QRS else 1.0), g) for c, sl, sr, v, g in w.rows]
-    return w, onset, j, pr
+    return w, onset, j
 
 
 def _pvc_beat(rng: np.random.Generator) -> tuple[_Waves, float, float]:
@@ -249,12 +258,12 @@ def synthesize_ecg(
     if n_samples <= 0 or fs <= 0:
         raise ValueError(f"need positive duration and sampling rate, got {duration_s}, {fs}")
     resp_hz = rng.uniform(0.15, 0.35)
-    times, kinds, rr_prev, rr_mean = _rhythm(rng, conds, duration_s, resp_hz)
+    times, kinds, rr_prev = _rhythm(rng, conds, duration_s, resp_hz)
 
     frontal = rng.uniform(-35, 25) + (-15 if "lvh" in conds else 0)
     rot = _rotation(rng, frontal, rng.uniform(-15, 15))
     scale = {"qrs": rng.uniform(0.75, 1.3), "p": rng.uniform(0.7, 1.3), "t": rng.uniform(0.7, 1.3)}
-    sinus, onset, j_point, pr = _sinus_beat(rng, conds, rot, scale)
+    sinus, onset, j_point = _sinus_beat(rng, conds, rot, scale)
     if "lvh" in conds:
         _scale_lvh(rng, sinus)
     pac = _Waves()
@@ -269,7 +278,7 @@ def synthesize_ecg(
     morphs = (sinus, pac, pvc)
     n_waves = max(len(m.rows) for m in morphs)
     c_MW, sl_MW, sr_MW, v_MW3, g_MW = (
-        np.stack(a) for a in zip(*(m.arrays(n_waves) for m in morphs))
+        np.stack(a) for a in zip(*(m.arrays(n_waves) for m in morphs), strict=True)
     )
 
     # Per-beat wave parameters; T waves follow QT (Fridericia) of the preceding RR.
@@ -279,10 +288,12 @@ def synthesize_ecg(
     t_peak_K = onset_K + qt_K - 2.2 * 0.037 * qt_K / 0.4
     c_KW = c_MW[kinds] + np.where(g_MW[kinds] == _T, t_peak_K[:, None], 0.0)
     t_stretch = np.where(g_MW[kinds] == _T, (qt_K / 0.4)[:, None], 1.0)
-    aa = 0.5 / fs  # Gaussian anti-aliasing: widen each wave, keep its area
-    sl_KW = np.sqrt((sl_MW[kinds] * t_stretch) ** 2 + aa**2)
-    sr_KW = np.sqrt((sr_MW[kinds] * t_stretch) ** 2 + aa**2)
-    gain_KW = np.minimum(sl_MW[kinds], sr_MW[kinds]) * t_stretch / np.minimum(sl_KW, sr_KW)
+    sl_KW, sr_KW = sl_MW[kinds] * t_stretch, sr_MW[kinds] * t_stretch
+    # Anti-aliasing: a Gaussian low-pass widens each wave and keeps its area, so narrow waves
+    # sampled at 100 Hz are not missed between samples.
+    aa = 0.5 / fs
+    gain_KW = (sl_KW + sr_KW) / (np.hypot(sl_KW, aa) + np.hypot(sr_KW, aa))
+    sl_KW, sr_KW = np.hypot(sl_KW, aa), np.hypot(sr_KW, aa)
     resp = 1 + rng.uniform(0.02, 0.08) * np.sin(2 * np.pi * resp_hz * times + rng.uniform(0, 6.3))
     jitter = rng.normal(1.0, 0.03, (len(times), n_waves))
     v_KW3 = v_MW3[kinds] * (gain_KW * jitter * resp[:, None])[:, :, None]
@@ -305,12 +316,11 @@ def synthesize_ecg(
             plateau_KL[:, :, None] * np.where(kinds == _PVC, 0.0, 1.0)[:, None, None] * st_vec
         )
 
+    # Beats run from before the start to after the end, so the record begins mid-rhythm.
     pad = pre + post
     dipole_T3 = np.zeros((n_samples + 2 * pad, 3))
-    for k in range(len(times)):
-        s = start_K[k] + pad
-        if s >= 0 and s + pre + post <= dipole_T3.shape[0]:
-            dipole_T3[s : s + pre + post] += dipole_KL3[k]
+    for k, s in enumerate(start_K + pad):
+        dipole_T3[s : s + pre + post] += dipole_KL3[k]
     dipole_T3 = dipole_T3[pad : pad + n_samples]
     t = np.arange(n_samples) / fs
     if "af" in conds:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -262,12 +262,3 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }
         if skip_log.skipped:
             print(f"{self.name} {split}: {skip_log.summary()}")
-
-
-def labels_for(names: Sequence[str], vocabulary: Sequence[str]) -> tuple[str, ...]:
-    """The names that are in `vocabulary` (a record may carry labels outside the task)."""
-    known = set(vocabulary)
-    return tuple(n for n in names if n in known)
-
-
-ReaderFactory = Callable[[pathlib.Path], Any]

@@ -1,0 +1,171 @@
+"""Shareable encoders: `export_encoder` writes one, `load_encoder` gives back a callable.
+
+An exported encoder directory holds `encoder/` (Orbax arrays: parameters and batch statistics,
+no pickle, no head), `ecgfm_encoder.json` (model family and hyperparameters, the preprocessing
+spec, label vocabulary, training data summary) and a model card `README.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from ecgfm import checkpoint, models
+from ecgfm.data.preprocessing import Preprocessing
+
+SPEC_FILE = "ecgfm_encoder.json"
+FORMAT_VERSION = 1
+
+
+def _replicated_target(tree: Any) -> Any:
+    sharding = NamedSharding(jax.make_mesh((1,), ("data",), devices=jax.devices()[:1]),
+                             PartitionSpec())  # fmt: skip
+    return checkpoint.abstract_like(tree, jax.tree.map(lambda _: sharding, tree))
+
+
+def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> pathlib.Path:
+    """Write the latest checkpoint's encoder (head dropped) with its spec and model card."""
+    from ecgfm.objectives import make_objective
+    from ecgfm.optim import make_optimizer
+    from ecgfm.train import CHECKPOINT_DIR, init_state
+
+    workdir, out_dir = pathlib.Path(workdir), pathlib.Path(out_dir)
+    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
+    data_spec = json.loads((workdir / "data_spec.json").read_text())
+    num_classes = len(data_spec["label_names"])
+    objective = make_objective(config)
+    tx, _ = make_optimizer(config.optim, config.train.steps)
+    abstract = jax.eval_shape(
+        lambda key: init_state(config, objective, tx, num_classes, key), jax.random.key(0)
+    )
+    state = checkpoint.restore_state(workdir / CHECKPOINT_DIR, _replicated_target(abstract))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save_tree(
+        out_dir / "encoder",
+        {"params": state["params"]["encoder"], "model_state": state["model_state"]["encoder"]},
+    )
+    hparams = config.model.get("hparams")
+    spec = {
+        "format_version": FORMAT_VERSION,
+        "model": config.model.name,
+        "hparams": hparams.to_dict() if hparams is not None else {},
+        "preprocessing": data_spec["preprocessing"],
+        "label_names": data_spec["label_names"],
+        "training_data": {
+            "source": config.data.get("source"),
+            "num_train_exams": data_spec.get("num_train_exams"),
+            "num_val_exams": data_spec.get("num_val_exams"),
+        },
+        "trained_steps": int(state["step"]),
+        "objective": config.objective.name,
+    }
+    (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    (out_dir / "README.md").write_text(_model_card(spec))
+    return out_dir
+
+
+def _model_card(spec: dict) -> str:
+    pre = spec["preprocessing"]
+    return f"""# ecgfm encoder: {spec["model"]}
+
+- Objective: {spec["objective"]}, {spec["trained_steps"]} steps.
+- Training data: {spec["training_data"]}.
+- Labels seen in training ({len(spec["label_names"])}): {", ".join(spec["label_names"])}.
+- Input: {Preprocessing.from_dict(pre).describe() if pre else "raw millivolts"}.
+- Hyperparameters: `{json.dumps(spec["hparams"])}`.
+
+```python
+import ecgfm
+encoder = ecgfm.load_encoder("this/directory")
+embedding_BD = encoder(signal_BTC, sampling_rate={pre["sampling_rate"] if pre else "..."})
+```
+
+Input at another sampling rate, length or lead count is refused (ValueError); prepare it with
+`encoder.preprocessing` first. The classification head was dropped.
+"""
+
+
+class Encoder:
+    """A loaded encoder: `encoder(signal, sampling_rate)` gives embeddings `[B, D]`."""
+
+    def __init__(self, module: nnx.Module, spec: dict):
+        self.module = module
+        self.config = spec
+        pre = spec.get("preprocessing")
+        self.preprocessing = Preprocessing.from_dict(pre) if pre else None
+        self.label_names = tuple(spec.get("label_names", ()))
+        self._run = nnx.jit(lambda m, x: m(x, train=False))
+
+    def _encode(self, signal: np.ndarray, sampling_rate: float) -> tuple[Any, bool]:
+        signal = np.asarray(signal, np.float32)
+        if self.preprocessing is not None:
+            self.preprocessing.check_compatible(signal, sampling_rate)
+        if signal.ndim not in (2, 3):
+            raise ValueError(f"expected [T, C] or [B, T, C] input, got shape {signal.shape}")
+        single = signal.ndim == 2
+        out = self._run(self.module, jnp.asarray(signal[None] if single else signal))
+        return out, single
+
+    def embed(self, signal: np.ndarray, sampling_rate: float) -> np.ndarray:
+        """`[B, D]` embeddings of `[B, T, C]` input (`[D]` for one `[T, C]` signal)."""
+        out, single = self._encode(signal, sampling_rate)
+        embedding = np.asarray(out.embedding_BD)
+        return embedding[0] if single else embedding
+
+    def features(self, signal: np.ndarray, sampling_rate: float) -> np.ndarray:
+        """`[B, N, D]` per-time-step features (`[N, D]` for one `[T, C]` signal)."""
+        out, single = self._encode(signal, sampling_rate)
+        features = np.asarray(out.features_BND)
+        return features[0] if single else features
+
+    __call__ = embed
+
+
+def _read_spec(path: pathlib.Path) -> dict:
+    spec_path = path / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{path} is not an exported ecgfm encoder (no {SPEC_FILE})")
+    return json.loads(spec_path.read_text())
+
+
+def _restore_encoder(path: pathlib.Path, params: Any, model_state: Any) -> tuple[Any, Any]:
+    target = _replicated_target({"params": params, "model_state": model_state})
+    restored = checkpoint.restore_tree(path / "encoder", target)
+    return restored["params"], restored["model_state"]
+
+
+def load_encoder(path: str | pathlib.Path) -> Encoder:
+    """The encoder exported to `path`, ready to embed input prepared per its preprocessing."""
+    path = pathlib.Path(path)
+    spec = _read_spec(path)
+    abstract = nnx.eval_shape(
+        lambda: models.build_encoder(spec["model"], spec["hparams"], rngs=nnx.Rngs(0))
+    )
+    graphdef, params, model_state = nnx.split(abstract, nnx.Param, ...)
+    params, model_state = _restore_encoder(
+        path, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
+    )
+    return Encoder(nnx.merge(graphdef, params, model_state), spec)
+
+
+def read_encoder_state(path: pathlib.Path, params: Any, model_state: Any) -> tuple[Any, Any]:
+    """`params`/`model_state` of a Classifier with the encoder parts read from an export."""
+    enc_params, enc_state = _restore_encoder(
+        path, params["encoder"], model_state.get("encoder", {})
+    )
+    # Place the restored arrays like the ones they replace (the run's mesh, not one device).
+    enc_params = jax.device_put(enc_params, jax.tree.map(lambda x: x.sharding, params["encoder"]))
+    if "encoder" in model_state:
+        enc_state = jax.device_put(
+            enc_state, jax.tree.map(lambda x: x.sharding, model_state["encoder"])
+        )
+        model_state = model_state | {"encoder": enc_state}
+    return params | {"encoder": enc_params}, model_state

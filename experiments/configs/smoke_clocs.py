@@ -1,0 +1,36 @@
+"""Smoke run of CLOCS (CMSC): adjacent halves of an exam are positives, cross-view negatives.
+
+Command (CPU is enough):
+    ecgfm pretrain --config experiments/configs/smoke_clocs.py --workdir /tmp/ecgfm_clocs
+
+Hardware: any CPU (2 cores: well under a minute). `smoke.py`'s data and schedule; the
+encoder sees 1.28 s halves (512 samples) of each 2.56 s window.
+Expected: the loss falls from ≈ln(16) ≈ 2.8; `embedding_std` stays well above 0. Set
+`objective.view=cmlc` for lead-disjoint views of one window.
+"""
+
+import pathlib
+
+from ml_collections import ConfigDict
+
+from ecgfm.config import load_config
+
+
+def get_config() -> ConfigDict:
+    """`smoke.py` with the contrastive objective, CLOCS CMSC variant."""
+    config = load_config(pathlib.Path(__file__).with_name("smoke.py"))
+    config.model.hparams.dropout = 0.0
+    config.objective = ConfigDict(
+        {
+            "name": "contrastive",
+            "method": "clocs",
+            "view": "cmsc",
+            "temperature": 0.1,
+            "projection_hidden": 64,
+            "projection_dim": 32,
+            "augmentations": (),
+            "augment_probability": 0.8,
+            "sampling_rate": 400.0,
+        }
+    )
+    return config
