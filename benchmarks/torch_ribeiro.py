@@ -9,6 +9,7 @@ PyTorch is a benchmark extra (`pip install torch==2.13.0`), never an ecgfm depen
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -100,7 +101,7 @@ class RibeiroResNetTorch(nn.Module):
         self.stem_bn = _batch_norm(widths[0])
         self.units = nn.ModuleList(
             ResidualUnit(c_in, c_out, kernel_size, downsample, dropout)
-            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+            for c_in, c_out in itertools.pairwise(widths)
         )
         output_length = input_length
         for _ in widths[1:]:

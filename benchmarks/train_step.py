@@ -144,7 +144,6 @@ class TorchStep:
 
     def __init__(self, args: argparse.Namespace, *, compile_model: bool):
         import torch
-
         from torch_ribeiro import RibeiroResNetTorch, make_adamw
 
         self.torch = torch

@@ -114,6 +114,116 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_spec(args: argparse.Namespace):
+    from ecgfm.transfer.protocol import Windowing, cpsc2018_task, ptbxl_task
+
+    window_s = args.window_s
+    if window_s is None:  # the encoder's own input length, when its spec fixes one
+        from ecgfm.export import read_spec
+
+        spec = read_spec(args.encoder).get("preprocessing") or {}
+        fixed = spec.get("num_samples")
+        window_s = fixed / spec["sampling_rate"] if fixed else 2.5
+    windowing = Windowing(
+        window_s=window_s or None,
+        train_stride_s=args.train_stride_s,
+        eval_stride_s=args.eval_stride_s,
+        aggregation=args.aggregation,
+    )
+    if args.dataset == "ptbxl":
+        return ptbxl_task(args.task, args.sampling_rate, windowing)
+    return cpsc2018_task(windowing, split_file=args.split_file)
+
+
+def _print_results(results: dict, out: pathlib.Path) -> None:
+    table = out / "results.md"
+    print(table.read_text() if table.is_file() else json.dumps(results, indent=2, default=str))
+    print(f"results, plots and provenance in {out}")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from ecgfm.transfer.probe import run_probe
+
+    results = run_probe(
+        args.encoder,
+        _task_spec(args),
+        args.data_root,
+        args.out,
+        label_fractions=args.fractions,
+        seeds=args.seeds,
+        head=args.head,
+        baseline=None if args.no_baseline else "random",
+        num_bootstrap=args.bootstrap,
+        on_error="skip" if args.skip_bad else "raise",
+    )
+    _print_results(results, args.out)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from ecgfm.transfer.finetune import FinetuneConfig, run_finetune
+
+    results = run_finetune(
+        args.encoder,
+        _task_spec(args),
+        args.data_root,
+        args.out,
+        label_fractions=args.fractions,
+        seeds=args.seeds,
+        config=FinetuneConfig(steps=args.steps, freeze_steps=args.freeze_steps),
+        include_scratch=not args.no_baseline,
+        num_bootstrap=args.bootstrap,
+    )
+    _print_results(results, args.out)
+    return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) / 100 for v in text.split(","))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def _add_transfer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", required=True, type=pathlib.Path, help="`ecgfm export` output")
+    p.add_argument("--dataset", required=True, choices=("ptbxl", "cpsc2018"))
+    p.add_argument(
+        "--data-root", required=True, type=pathlib.Path, help="the dataset folder as shipped"
+    )
+    p.add_argument("--out", required=True, type=pathlib.Path, help="results folder")
+    p.add_argument(
+        "--task",
+        default="superdiagnostic",
+        help="PTB-XL: all, diagnostic, subdiagnostic, superdiagnostic, form, rhythm",
+    )
+    p.add_argument("--sampling-rate", type=int, default=100, help="PTB-XL files: 100 or 500")
+    p.add_argument("--split-file", help="CPSC 2018: a split file instead of the shipped one")
+    p.add_argument(
+        "--fractions",
+        type=_floats,
+        default=_floats("1,5,10,25,50,100"),
+        help="label fractions in %% of the training fold (nested, stratified)",
+    )
+    p.add_argument("--seeds", type=_ints, default=(0, 1, 2), help="comma-separated")
+    p.add_argument(
+        "--window-s",
+        type=float,
+        help="input window in s (0: whole record; default: the encoder's input length, else 2.5)",
+    )
+    p.add_argument("--train-stride-s", type=float, default=2.5)
+    p.add_argument("--eval-stride-s", type=float, default=1.25)
+    p.add_argument(
+        "--aggregation", choices=("max", "mean", "mean_embedding"), default="max",
+        help="how window predictions become a record's",
+    )  # fmt: skip
+    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CIs")
+    p.add_argument(
+        "--no-baseline", action="store_true", help="skip the random-init / from-scratch baseline"
+    )
+
+
 def _load_matrix(path: pathlib.Path, what: str):
     import numpy as np
 
@@ -223,6 +333,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, type=pathlib.Path)
     p.add_argument("--out", required=True, type=pathlib.Path)
     p.set_defaults(run=_export)
+
+    p = commands.add_parser(
+        "probe",
+        help="linear probe of a frozen encoder on PTB-XL or CPSC 2018",
+        description="Embeds the task's records with the frozen encoder (cached), fits a "
+        "logistic probe per label fraction and seed with L2 chosen on the validation fold, and "
+        "scores the test fold with CIs, beside the same probe on a randomly initialised encoder.",
+    )
+    _add_transfer_arguments(p)
+    p.add_argument("--head", choices=("linear", "mlp"), default="linear")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable records (listed)")
+    p.set_defaults(run=_probe)
+
+    p = commands.add_parser(
+        "finetune",
+        help="fine-tune an encoder on PTB-XL or CPSC 2018, beside training from scratch",
+    )
+    _add_transfer_arguments(p)
+    p.add_argument("--steps", type=int, default=500, help="training steps per run")
+    p.add_argument("--freeze-steps", type=int, default=0, help="head-only steps first")
+    p.set_defaults(run=_finetune)
 
     p = commands.add_parser(
         "evaluate",

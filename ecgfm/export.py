@@ -102,6 +102,8 @@ class Encoder:
         pre = spec.get("preprocessing")
         self.preprocessing = Preprocessing.from_dict(pre) if pre else None
         self.label_names = tuple(spec.get("label_names", ()))
+        # What `ecgfm.models.build_encoder` needs to build the same, untrained, architecture.
+        self.architecture = {"model": spec["model"], "config": dict(spec["hparams"])}
         self._run = nnx.jit(lambda m, x: m(x, train=False))
 
     def _encode(self, signal: np.ndarray, sampling_rate: float) -> tuple[Any, bool]:
@@ -129,7 +131,9 @@ class Encoder:
     __call__ = embed
 
 
-def _read_spec(path: pathlib.Path) -> dict:
+def read_spec(path: str | pathlib.Path) -> dict:
+    """The `ecgfm_encoder.json` of an exported encoder."""
+    path = pathlib.Path(path)
     spec_path = path / SPEC_FILE
     if not spec_path.is_file():
         raise FileNotFoundError(f"{path} is not an exported ecgfm encoder (no {SPEC_FILE})")
@@ -145,7 +149,7 @@ def _restore_encoder(path: pathlib.Path, params: Any, model_state: Any) -> tuple
 def load_encoder(path: str | pathlib.Path) -> Encoder:
     """The encoder exported to `path`, ready to embed input prepared per its preprocessing."""
     path = pathlib.Path(path)
-    spec = _read_spec(path)
+    spec = read_spec(path)
     abstract = nnx.eval_shape(
         lambda: models.build_encoder(spec["model"], spec["hparams"], rngs=nnx.Rngs(0))
     )

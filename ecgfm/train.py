@@ -15,7 +15,6 @@ import math
 import pathlib
 import signal
 import time
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,7 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from ecgfm import checkpoint, distributed, sharding
-from ecgfm.data import pipeline
+from ecgfm.data import pipeline, splits
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.sources import CodeHdf5Source, Source, TfdsSource
 from ecgfm.objectives import Objective, make_objective
@@ -183,8 +182,8 @@ def make_sources(data: ConfigDict, workdir: pathlib.Path) -> tuple[Source, Sourc
 
     `source="code_hdf5"` reads a raw CODE folder (`data.path`, default `workdir/data`; with
     `data.synthetic_exams` set and the folder absent, a synthetic CODE dataset is written
-    there first) and splits it by patient: a patient is in validation when the CRC32 of its id
-    falls in the first `data.val_fraction` of the range, the same in every process and run.
+    there first) and splits it by patient (`ecgfm.data.splits.patient_split`, deterministic
+    from `data.split_seed`, so every process and run agrees): no patient on both sides.
     `source="tfds"` reads a built dataset's `train_split` and `val_split`.
     """
     preprocessing = Preprocessing.from_dict(dict(data.preprocessing))
@@ -203,13 +202,14 @@ def make_sources(data: ConfigDict, workdir: pathlib.Path) -> tuple[Source, Sourc
             write_code_dataset(root, num_exams=data.synthetic_exams, seed=data.synthetic_seed)
         multihost_utils.sync_global_devices("synthetic data written")
     everything = CodeHdf5Source(root, preprocessing=preprocessing)
-    threshold = data.val_fraction * 2**32
-    in_val = [zlib.crc32(p.encode()) < threshold for p in everything.patient_ids]
-    ids = everything.record_ids
-    train_ids = [r for r, v in zip(ids, in_val, strict=True) if not v]
-    val_ids = [r for r, v in zip(ids, in_val, strict=True) if v]
-    train = CodeHdf5Source(root, preprocessing=preprocessing, record_ids=train_ids)
-    val = CodeHdf5Source(root, preprocessing=preprocessing, record_ids=val_ids) if val_ids else None
+    fractions = {"train": 1.0 - data.val_fraction, "validation": data.val_fraction}
+    split = splits.patient_split(
+        everything.record_ids, everything.patient_ids, fractions=fractions, seed=data.split_seed
+    )
+    train = CodeHdf5Source(root, preprocessing=preprocessing, record_ids=split["train"])
+    val = None
+    if split["validation"]:
+        val = CodeHdf5Source(root, preprocessing=preprocessing, record_ids=split["validation"])
     return train, val
 
 

@@ -1,5 +1,7 @@
 """Label-fraction subsets: nested for one seed, multilabel-stratified, reproducible."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def test_subsets_are_nested_and_full_fraction_is_everything(labels_NK):
         assert sorted(subsets) == sorted(FRACTIONS)
         np.testing.assert_array_equal(subsets[1.0], np.arange(len(labels_NK)))
         ordered = sorted(FRACTIONS)
-        for small, large in zip(ordered[:-1], ordered[1:], strict=True):
+        for small, large in itertools.pairwise(ordered):
             assert set(subsets[small]) <= set(subsets[large]), (seed, small, large)
 
 

@@ -99,6 +99,7 @@ def test_macro_auroc_equals_sklearn_and_skips_single_valued_classes():
     assert np.isnan(macro_auroc(scores[:, 3:], labels[:, 3:], weight[:, 3:]))
 
 
+@pytest.mark.slow
 def test_train_step_gives_finite_decreasing_loss_and_changes_parameters():
     history, out = _losses(jax.devices(), _batches(1) * 12)  # fit one batch
     losses = [m["loss"] for m in history]
@@ -113,6 +114,7 @@ def test_train_step_gives_finite_decreasing_loss_and_changes_parameters():
     assert all(jax.tree.leaves(changed))
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_give_the_same_loss_curve():
     assert len(jax.devices()) == 8, "conftest sets 8 fake CPU devices"
     one, _ = _losses(jax.devices()[:1], _batches(4))
@@ -125,6 +127,7 @@ def test_one_device_and_eight_devices_give_the_same_loss_curve():
     )
 
 
+@pytest.mark.slow
 def test_smoke_config_trains_evaluates_and_writes_its_workdir(tmp_path):
     from ecgfm.config import load_config
     from ecgfm.train import train_and_evaluate

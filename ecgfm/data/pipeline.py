@@ -30,10 +30,14 @@ import grain
 import jax
 import numpy as np
 
-from ecgfm.data.preprocessing import center_crop_or_pad
+from ecgfm.data.preprocessing import center_crop_or_pad, valid_range
 from ecgfm.data.sources import Element, Source
 
 STRING_KEYS = ("record_id", "record_id_b", "patient_id")
+# Read-ahead per process: batches in flight and the threads preparing them (numpy and
+# array_record release the GIL while copying and decompressing).
+PREFETCH_BATCHES = 4
+PREFETCH_THREADS = 2
 
 
 class Augment(Protocol):
@@ -55,13 +59,22 @@ def _signal_keys(element: Element) -> list[str]:
     return [k for k in element if k == "signal" or k.startswith("signal_")]
 
 
-def stack_elements(elements: Sequence[Element]) -> dict[str, np.ndarray]:
-    """Stacks elements into a batch; signals of unequal length raise, naming the fix."""
+def stack_elements(
+    elements: Sequence[Element], *, window: int | None = None
+) -> dict[str, np.ndarray]:
+    """Stacks elements into a batch; signals of unequal length raise, naming the fix.
+
+    With `window`, signals of at most `window` samples are centred in zeros as they are copied
+    into the batch (as `center_crop_or_pad` would, without a copy per element).
+    """
     batch: dict[str, np.ndarray] = {}
     for key in elements[0]:
         values = [e[key] for e in elements]
         if key in STRING_KEYS:
             batch[key] = np.asarray(values, dtype=np.str_)
+            continue
+        if window is not None and (key == "signal" or key.startswith("signal_")):
+            batch[key] = _pad_into_batch(values, window)
             continue
         shapes = {np.shape(v) for v in values}
         if len(shapes) > 1:
@@ -69,8 +82,28 @@ def stack_elements(elements: Sequence[Element]) -> dict[str, np.ndarray]:
                 f"cannot batch {key!r} of shapes {sorted(shapes)}: pass `window` (samples) "
                 "or use a preprocessing spec with a fixed num_samples"
             )
-        batch[key] = np.stack(values).astype(np.float32)
+        batch[key] = np.stack(values, dtype=np.float32)
     return batch
+
+
+def _pad_into_batch(signals: Sequence[np.ndarray], window: int) -> np.ndarray:
+    """`[T_i, C]` signals with T_i <= window → `[B, window, C]` float32, each centred in zeros."""
+    lengths = {len(s) for s in signals}
+    if max(lengths) > window:
+        raise ValueError(f"cannot batch signals of {max(lengths)} samples into window {window}")
+    out_BTC = np.zeros((len(signals), window, *np.shape(signals[0])[1:]), np.float32)
+    for row_TC, signal_TC in zip(out_BTC, signals, strict=True):
+        start, stop = valid_range(len(signal_TC), window)
+        row_TC[start:stop] = signal_TC
+    return out_BTC
+
+
+def _read(source: Source, indices: Sequence[int]) -> list[Element]:
+    """Elements of `indices`, in one batched read where the source offers `__getitems__`."""
+    getitems = getattr(source, "__getitems__", None)
+    if getitems is not None:
+        return [dict(e) for e in getitems(indices)]
+    return [dict(source[i]) for i in indices]
 
 
 def _resolve_processes(
@@ -88,8 +121,12 @@ def _resolve_processes(
     return process_index, process_count, global_batch_size // process_count
 
 
-class _TrainElement:
-    """Stream position of one process → its element of the shuffled, sharded epochs."""
+class _TrainBatch:
+    """Batch number of one process → its batch of the shuffled, sharded epochs.
+
+    Whole batches (not elements) are the grain elements, so a batch is one batched source read
+    and one copy of each signal into the batch array.
+    """
 
     def __init__(
         self,
@@ -97,6 +134,7 @@ class _TrainElement:
         seed: int,
         process_index: int,
         process_count: int,
+        batch_size: int,
         window: int | None,
         augment: Augment | None,
     ):
@@ -104,46 +142,60 @@ class _TrainElement:
         self.seed = seed
         self.process_index = process_index
         self.process_count = process_count
+        self.batch_size = batch_size
         self.window = window
         self.augment = augment
         self.per_process = len(source) // process_count
-        self._cached_order: tuple[int, np.ndarray] | None = None
+        self._orders: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cached_order": None}
+        return {**self.__dict__, "_orders": {}}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        # grain's prefetch threads share this object and a batch may straddle two epochs:
+        # keep the last two orders, replacing the dict as one value so no thread sees it half
+        # updated.
+        orders = self._orders
+        if epoch not in orders:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+            orders = {e: o for e, o in orders.items() if e >= epoch - 1} | {epoch: order}
+            self._orders = orders
+        return orders[epoch]
 
     def record_index(self, position: int) -> tuple[int, int]:
         """(epoch, source index) of this process's stream position."""
         epoch, k = divmod(position, self.per_process)
-        # grain's prefetch threads share this object: read and replace the (epoch, order)
-        # pair as one value, so a thread still in epoch e never indexes epoch e+1's order.
-        cached = self._cached_order
-        if cached is None or cached[0] != epoch:
-            cached = (
-                epoch,
-                np.random.default_rng([self.seed, epoch]).permutation(len(self.source)),
-            )
-            self._cached_order = cached
-        return epoch, int(cached[1][k * self.process_count + self.process_index])
+        return epoch, int(self._order(epoch)[k * self.process_count + self.process_index])
 
-    def __call__(self, position: int) -> Element:
-        epoch, index = self.record_index(position)
-        element = dict(self.source[index])
-        rng = np.random.default_rng([self.seed, epoch, index])
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        first = step * self.batch_size
+        where = [self.record_index(p) for p in range(first, first + self.batch_size)]
+        elements = _read(self.source, [index for _, index in where])
+        for row, (epoch, index) in enumerate(where):
+            element = elements[row]
+            if self.window is not None or self.augment is not None:
+                rng = np.random.default_rng([self.seed, epoch, index])
+                element = self._crop_and_augment(element, rng)
+            element["mask"] = np.float32(1.0)
+            elements[row] = element
+        return stack_elements(elements, window=self.window)
+
+    def _crop_and_augment(self, element: Element, rng: np.random.Generator) -> Element:
         if self.window is not None:
             for key in _signal_keys(element):
-                element[key] = random_crop(element[key], self.window, rng)
-        if self.augment is not None:
-            element = self.augment(element, rng)
-        element["mask"] = np.float32(1.0)
-        return element
+                if len(element[key]) > self.window:
+                    element[key] = random_crop(element[key], self.window, rng)
+                elif self.augment is not None:
+                    # The augmentation sees the padded window; otherwise stacking pads.
+                    element[key] = center_crop_or_pad(element[key], self.window)
+        return element if self.augment is None else dict(self.augment(element, rng))
 
 
-def _iterate(
-    dataset: grain.MapDataset, batch_size: int, worker_count: int
-) -> grain.DatasetIterator:
-    batched = dataset.batch(batch_size, drop_remainder=True, batch_fn=stack_elements)
-    iter_dataset = batched.to_iter_dataset()
+def _iterate(dataset: grain.MapDataset, worker_count: int) -> grain.DatasetIterator:
+    # grain's default read-ahead (16 threads, 500 elements) would hold 500 batches (6 GB of
+    # 64 x 4096 x 12 float32) whenever the consumer is slower than the reader.
+    options = grain.ReadOptions(num_threads=PREFETCH_THREADS, prefetch_buffer_size=PREFETCH_BATCHES)
+    iter_dataset = dataset.to_iter_dataset(options)
     if worker_count > 0:
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=worker_count)
@@ -172,16 +224,21 @@ def make_train_iterator(
     process_index, process_count, local_batch = _resolve_processes(
         global_batch_size, process_index, process_count
     )
-    transform = _TrainElement(source, seed, process_index, process_count, window, augment)
+    transform = _TrainBatch(
+        source, seed, process_index, process_count, local_batch, window, augment
+    )
     if transform.per_process == 0:
         raise ValueError(f"source has {len(source)} records, fewer than {process_count} processes")
-    length = sys.maxsize if num_epochs is None else num_epochs * transform.per_process
-    dataset = grain.MapDataset.range(length).map(transform)
-    return _iterate(dataset, local_batch, worker_count)
+    num_batches = (
+        sys.maxsize // local_batch
+        if num_epochs is None
+        else num_epochs * transform.per_process // local_batch
+    )
+    return _iterate(grain.MapDataset.range(num_batches).map(transform), worker_count)
 
 
-class _EvalElement:
-    """Process-local position → its record of the global batch, or padding past the end."""
+class _EvalBatch:
+    """Process-local batch number → its rows of the global batch, padded past the end."""
 
     def __init__(
         self,
@@ -197,23 +254,27 @@ class _EvalElement:
         self.local_batch = local_batch
         self.global_batch = global_batch
 
-    def __call__(self, position: int) -> Element:
-        step, row = divmod(position, self.local_batch)
-        index = step * self.global_batch + self.process_index * self.local_batch + row
-        real = index < len(self.source)
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        first = step * self.global_batch + self.process_index * self.local_batch
+        indices = range(first, first + self.local_batch)
+        real = [index < len(self.source) for index in indices]
         # Padding repeats record 0 (shape-correct) with its labels and mask zeroed.
-        element = dict(self.source[index if real else 0])
-        if self.window is not None:
-            for key in _signal_keys(element):
-                element[key] = center_crop_or_pad(element[key], self.window)
-        element["mask"] = np.float32(real)
-        if not real:
-            element["labels"] = np.zeros_like(element["labels"])
-            element["label_mask"] = np.zeros_like(element["label_mask"])
-            for key in STRING_KEYS:
-                if key in element:
-                    element[key] = ""
-        return element
+        elements = _read(
+            self.source, [index if ok else 0 for index, ok in zip(indices, real, strict=True)]
+        )
+        for element, ok in zip(elements, real, strict=True):
+            if self.window is not None:
+                for key in _signal_keys(element):
+                    if len(element[key]) > self.window:
+                        element[key] = center_crop_or_pad(element[key], self.window)
+            element["mask"] = np.float32(ok)
+            if not ok:
+                element["labels"] = np.zeros_like(element["labels"])
+                element["label_mask"] = np.zeros_like(element["label_mask"])
+                for key in STRING_KEYS:
+                    if key in element:
+                        element[key] = ""
+        return stack_elements(elements, window=self.window)
 
 
 def make_eval_iterator(
@@ -234,9 +295,8 @@ def make_eval_iterator(
         global_batch_size, process_index, process_count
     )
     num_steps = -(-len(source) // global_batch_size)
-    element = _EvalElement(source, window, process_index, local_batch, global_batch_size)
-    dataset = grain.MapDataset.range(num_steps * local_batch).map(element)
-    return _iterate(dataset, local_batch, worker_count)
+    batches = _EvalBatch(source, window, process_index, local_batch, global_batch_size)
+    return _iterate(grain.MapDataset.range(num_steps).map(batches), worker_count)
 
 
 def steps_per_epoch(num_records: int, global_batch_size: int, process_count: int = 1) -> int:

@@ -121,25 +121,15 @@ def from_module(
 
 
 def from_export(path: str | os.PathLike) -> FrozenEncoder:
-    """An encoder written by `ecgfm export`, loaded with `ecgfm.export.load_encoder`.
-
-    The loaded encoder checks its inputs against its own preprocessing spec; it is called
-    on `[B, T, C]` inputs and returns an `EncoderOutput` (or the embedding itself).
-    """
-    from ecgfm.export import load_encoder  # the trainer's module; imported only when used
+    """An encoder written by `ecgfm export` (see `ecgfm.export.load_encoder`)."""
+    from ecgfm.export import load_encoder
 
     loaded = load_encoder(path)
-
-    def embed(signal_BTC: np.ndarray) -> np.ndarray:
-        out = loaded(signal_BTC)
-        return np.asarray(getattr(out, "embedding_BD", out), dtype=np.float32)
-
-    return FrozenEncoder(
-        embed=embed,
-        preprocessing=loaded.preprocessing,
-        checkpoint_hash=hash_path(path),
+    return from_module(
+        loaded.module,
+        loaded.preprocessing,
         checkpoint_path=str(pathlib.Path(path).resolve()),
-        architecture=getattr(loaded, "architecture", None),
+        architecture=loaded.architecture,
     )
 
 

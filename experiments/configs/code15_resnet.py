@@ -24,6 +24,7 @@ def get_config() -> ConfigDict:
     config.data.path = ""  # required: the raw CODE-15% folder (exams.csv + exams_part*.hdf5)
     config.data.synthetic_exams = 0
     config.data.val_fraction = 0.02
+    config.data.split_seed = 0  # patient-level train/validation split
     config.data.preprocessing = ConfigDict(
         {"sampling_rate": 400.0, "num_samples": 4096, "normalization": "none"}
     )

@@ -24,6 +24,7 @@ def get_config() -> ConfigDict:
     config.data.synthetic_exams = 192  # 0: the folder must exist
     config.data.synthetic_seed = 0
     config.data.val_fraction = 0.25
+    config.data.split_seed = 0  # patient-level train/validation split
     config.data.preprocessing = ConfigDict(
         {"sampling_rate": 400.0, "num_samples": 1024, "normalization": "none"}
     )

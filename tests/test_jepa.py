@@ -1,0 +1,162 @@
+"""JEPA: multi-block masks, the EMA target inside the jitted step, training and invariance."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+from sklearn.linear_model import LogisticRegression
+
+from ecgfm import sharding, train
+from ecgfm.objectives import make_objective
+from ecgfm.objectives.jepa import block_indices, context_indices
+from ecgfm.transfer.metrics import macro_auroc
+
+T = 64  # samples: 4 patches of 16 per lead, a 12 × 4 token grid
+MOMENTUM = 0.9
+
+
+def tiny_config(**objective) -> ConfigDict:
+    """A width-32, depth-2 ViT-1D on 64-sample signals with the JEPA objective."""
+    config = ConfigDict()
+    config.model = ConfigDict(
+        {"name": "vit1d", "hparams": ConfigDict(
+            {"patch_size": 16, "width": 32, "depth": 2, "num_heads": 2, "max_patches": 4})}
+    )  # fmt: skip
+    config.objective = ConfigDict(
+        {"name": "jepa", "num_blocks": 2, "block_leads": 6, "block_patches": 2,
+         "ema_momentum": MOMENTUM, "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2,
+         **objective}
+    )  # fmt: skip
+    return config
+
+
+def synthetic_exams(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`[n, T, 12]` signals whose label (0/1) sets the frequency of a wave with random phase,
+    per-lead gain and noise."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, 2, n)
+    cycles = np.where(label == 1, 2.0, 5.0)[:, None]
+    t = np.arange(T) / T
+    wave = np.sin(2 * np.pi * cycles * t + rng.uniform(0, 2 * np.pi, (n, 1)))
+    gain = rng.uniform(0.5, 1.5, (n, 1, 12)) * rng.choice([-1, 1], (n, 1, 12))
+    signal = wave[:, :, None] * gain + rng.normal(size=(n, T, 12))
+    return signal.astype(np.float32), label
+
+
+def test_target_blocks_are_lead_by_time_rectangles_and_context_avoids_them():
+    blocks = np.asarray(block_indices(jax.random.key(0), 8, 12, 4, 3, 6, 2))
+    assert blocks.shape == (8, 3, 12)
+    for block in blocks.reshape(-1, 12):
+        leads, patches = np.divmod(block, 4)
+        assert np.ptp(leads) == 5 and np.ptp(patches) == 1  # 6 consecutive leads × 2 patches
+        assert len(set(block)) == 12
+    context = np.asarray(context_indices(jax.random.key(1), jnp.asarray(blocks), 48, 12))
+    for exam in range(8):
+        assert len(set(context[exam])) == 12
+        assert not set(context[exam]) & set(blocks[exam].ravel())
+
+
+def step_fn(config):
+    objective = make_objective(config)
+    tx = optax.adam(3e-3)
+    state = train.init_state(config, objective, tx, 0, jax.random.key(0))
+    graphdef = nnx.graphdef(objective.build_model(config, 0, nnx.Rngs(params=0)))
+    step = jax.jit(
+        functools.partial(
+            train.train_step, graphdef, objective=objective, tx=tx,
+            schedule=optax.constant_schedule(3e-3), accum_steps=1,
+        )
+    )  # fmt: skip
+    return state, step, graphdef
+
+
+@pytest.fixture(scope="module")
+def jepa_run():
+    config = tiny_config()
+    state, step, graphdef = step_fn(config)
+    signal, _ = synthetic_exams(32, seed=3)
+    batch = {"signal": jnp.asarray(signal), "mask": jnp.ones(32)}
+    states, losses = [state], []
+    for _ in range(30):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        if len(states) < 3:
+            states.append(jax.tree.map(np.asarray, state))
+    return config, states, losses, state, graphdef
+
+
+def test_target_encoder_starts_as_a_copy_and_is_not_optimised(jepa_run):
+    _, states, _, _, _ = jepa_run
+    first = states[0]
+    assert "target_encoder" not in first["params"]  # the optimizer never sees it
+    target = jax.tree.leaves(first["model_state"]["target_encoder"])
+    online = jax.tree.leaves(first["params"]["encoder"])
+    assert len(target) == len(online)
+    for t, o in zip(target, online, strict=True):
+        np.testing.assert_array_equal(t, o)
+
+
+def test_ema_update_runs_inside_the_jitted_step(jepa_run):
+    _, states, _, _, _ = jepa_run
+    before, after = states[1], states[2]
+    # target ← m · target + (1 − m) · online, with the weights the step's gradient is taken at.
+    expected = jax.tree.map(
+        lambda t, o: MOMENTUM * t + (1 - MOMENTUM) * o,
+        before["model_state"]["target_encoder"],
+        before["params"]["encoder"],
+    )
+    for got, want in zip(
+        jax.tree.leaves(after["model_state"]["target_encoder"]),
+        jax.tree.leaves(expected),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_prediction_loss_decreases(jepa_run):
+    _, _, losses, _, _ = jepa_run
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+
+
+def probe_auroc(graphdef, state, seed):
+    """Logistic-regression probe on the pooled embedding: fit on 48 exams, AUROC on 48 others."""
+    model = nnx.merge(graphdef, state["params"], state["model_state"])
+    signal, label = synthetic_exams(96, seed=seed)
+    embedding = np.asarray(jax.jit(lambda x: model.encoder(x, train=False).embedding_BD)(signal))
+    probe = LogisticRegression(max_iter=2000).fit(embedding[:48], label[:48])
+    return macro_auroc(label[48:, None], probe.decision_function(embedding[48:])[:, None])
+
+
+def test_probe_beats_a_random_encoder(jepa_run):
+    _, states, _, state, graphdef = jepa_run
+    trained, random = probe_auroc(graphdef, state, 4), probe_auroc(graphdef, states[0], 4)
+    assert trained > random + 0.02, (trained, random)
+
+
+def test_loss_is_the_same_on_one_and_eight_devices():
+    config = tiny_config()
+    objective = make_objective(config)
+    graphdef, state = nnx.split(objective.build_model(config, 0, nnx.Rngs(params=0)))
+    signal, _ = synthetic_exams(16, seed=2)
+
+    def loss_on(devices):
+        mesh = sharding.make_mesh(devices=devices)
+        batch = jax.device_put(
+            {"signal": signal, "mask": np.ones(16, np.float32)}, sharding.batch_sharding(mesh)
+        )
+
+        @jax.jit
+        def loss(state, batch):
+            rngs = nnx.Rngs(dropout=0, augment=1)
+            return objective.loss_fn(nnx.merge(graphdef, state), batch, rngs, train=True)[0]
+
+        with jax.set_mesh(mesh):
+            return float(loss(jax.device_put(state, NamedSharding(mesh, PartitionSpec())), batch))
+
+    assert loss_on(jax.devices()[:8]) == pytest.approx(loss_on(jax.devices()[:1]), rel=1e-5)

@@ -1,0 +1,188 @@
+"""The frozen-encoder probe: fitting, λ chosen on validation, embedding cache, end to end."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from flax import nnx
+
+from ecgfm.data.preprocessing import Preprocessing
+from ecgfm.data.record import EcgRecord
+from ecgfm.data.synthetic.ptbxl import write_ptbxl_dataset
+from ecgfm.transfer import embed, protocol
+from ecgfm.transfer.metrics import macro_auroc
+from ecgfm.transfer.probe import ProbeMethod, WindowSet, fit_linear_probe, run_probe
+
+
+def _linear_task(n, rng, d=32, k=3):
+    """Embeddings with a linear signal: class j is positive when x·v_j + noise > threshold."""
+    x = rng.normal(size=(n, d)) * 3 + 5  # unstandardised on purpose
+    directions = np.random.default_rng(123).normal(size=(d, k))
+    logits = (x - 5) @ directions / np.sqrt(d) + 0.3 * rng.normal(size=(n, k))
+    return x, logits > np.array([0.0, 0.5, -0.5])
+
+
+def test_probe_learns_a_linear_signal():
+    rng = np.random.default_rng(0)
+    x_train, y_train = _linear_task(400, rng)
+    x_test, y_test = _linear_task(300, rng)
+    probe = fit_linear_probe(x_train, y_train, l2=1e-3)
+    assert macro_auroc(y_test, probe.logits(x_test)) > 0.9
+    # A probe on pure noise features stays near chance: the score comes from the signal.
+    noise = fit_linear_probe(rng.normal(size=(400, 32)), y_train, l2=1e-3)
+    assert macro_auroc(y_test, noise.logits(rng.normal(size=(300, 32)))) < 0.65
+
+
+def _one_window_each(x_ND):
+    return WindowSet(x_ND, np.arange(len(x_ND)), len(x_ND))
+
+
+def test_l2_is_chosen_on_the_validation_fold():
+    # x2 = x1 + 0.3 z and y = [z > 0]: unregularised, the probe ranks by x2 − x1 (∝ z); heavily
+    # regularised its weights follow the marginal correlations, which rank by x2 alone.
+    rng = np.random.default_rng(1)
+
+    def draw(n, labels_from_x2=False):
+        x1, z = rng.normal(size=n), rng.normal(size=n)
+        x2 = x1 + 0.3 * z
+        y = (x2 > 0) if labels_from_x2 else (z + 0.1 * rng.normal(size=n) > 0)
+        return np.stack([x1, x2], axis=1), y[:, None]
+
+    x_train, y_train = draw(2000)
+    x_val_z, y_val_z = draw(500)
+    x_val_x2, y_val_x2 = draw(500, labels_from_x2=True)
+
+    def chosen_l2(x_val, y_val):
+        method = ProbeMethod(
+            train=_one_window_each(x_train),
+            validation=_one_window_each(x_val),
+            test=_one_window_each(x_val),
+            train_labels_NK=y_train,
+            validation_labels_NK=y_val,
+            aggregation="max",
+            l2_grid=(1e-4, 10.0),
+        )
+        return method.fit_predict(np.arange(2000), seed=0).info["l2"]
+
+    assert chosen_l2(x_val_z, y_val_z) == 1e-4
+    assert chosen_l2(x_val_x2, y_val_x2) == 10.0
+
+
+def _fake_encoder(preprocessing, checkpoint_hash="abc"):
+    """A FrozenEncoder whose embedding is each lead's mean and std over the window."""
+    return embed.FrozenEncoder(
+        embed=lambda x: np.concatenate([x.mean(axis=1), x.std(axis=1)], axis=1),
+        preprocessing=preprocessing,
+        checkpoint_hash=checkpoint_hash,
+        checkpoint_path="fake",
+    )
+
+
+class _Reader:
+    def __init__(self):
+        self.reads = []
+
+    def __call__(self, record_id):
+        self.reads.append(record_id)
+        rng = np.random.default_rng(int(record_id))
+        return EcgRecord(rng.normal(size=(1000, 12)).astype(np.float32), 100.0, record_id, "t")
+
+
+def test_embedding_cache_hits_and_misses_by_checkpoint_and_preprocessing(tmp_path):
+    spec = Preprocessing(sampling_rate=100)
+    ids = [str(i) for i in range(6)]
+    kwargs = dict(dataset_id="toy", windowing=protocol.BENCHMARK_WINDOWING, train=False,
+                  cache_dir=tmp_path)  # fmt: skip
+    reader = _Reader()
+    first = embed.embed_records({"e": _fake_encoder(spec)}, reader, ids[:4], **kwargs)["e"]
+    assert (first.num_cached, first.num_computed) == (0, 4)
+    assert first.embeddings_WD.shape == (4 * 7, 24)  # 7 windows of 2.5 s every 1.25 s
+    again = embed.embed_records({"e": _fake_encoder(spec)}, reader, ids, **kwargs)["e"]
+    assert (again.num_cached, again.num_computed) == (4, 2)
+    assert reader.reads == ids  # cached records are not read again
+    np.testing.assert_array_equal(again.embeddings_WD[: 4 * 7], first.embeddings_WD)
+    other_spec = Preprocessing(sampling_rate=100, normalization="per_lead_standardize")
+    for encoder in (_fake_encoder(other_spec), _fake_encoder(spec, checkpoint_hash="xyz")):
+        miss = embed.embed_records({"e": encoder}, reader, ids, **kwargs)["e"]
+        assert (miss.num_cached, miss.num_computed) == (0, 6)
+        assert miss.cache_file != again.cache_file
+    key_file = json.loads(
+        (tmp_path / again.cache_file.rsplit("/", 1)[1].replace(".npz", ".json")).read_text()
+    )
+    assert key_file["checkpoint_hash"] == "abc" and key_file["window_samples"] == 250
+
+
+def test_module_hash_identifies_the_weights():
+    a = embed.hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    assert a == embed.hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    assert a != embed.hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(1)))
+
+
+def test_encoder_length_must_match_the_window():
+    spec = Preprocessing(sampling_rate=100, num_samples=400)
+    with pytest.raises(ValueError, match="400 samples but windows are 250"):
+        embed.record_windows(np.zeros((1000, 12)), 100.0, spec, (250, 125))
+
+
+@pytest.fixture(scope="module")
+def synthetic_ptbxl(tmp_path_factory):
+    return write_ptbxl_dataset(
+        tmp_path_factory.mktemp("ptbxl"), num_records=60, seed=3, sampling_rates=(100,)
+    )
+
+
+def test_records_without_a_task_label_are_dropped_and_counted(synthetic_ptbxl, tmp_path):
+    # Every fifth record keeps only its rhythm code, so it has no superdiagnostic label.
+    root = tmp_path / "ptbxl"
+    shutil.copytree(synthetic_ptbxl, root)
+    database = pd.read_csv(root / "ptbxl_database.csv")
+    rhythm_only = database["ecg_id"] % 5 == 0
+    database.loc[rhythm_only, "scp_codes"] = "{'SR': 0.0}"
+    database.to_csv(root / "ptbxl_database.csv", index=False)
+    task = protocol.load_task(protocol.ptbxl_task("superdiagnostic"), root)
+    folds = database.set_index("ecg_id")["strat_fold"]
+    for split, fold_set in (("train", range(1, 9)), ("validation", [9]), ("test", [10])):
+        in_split = folds[folds.isin(fold_set)].index
+        assert task.dropped[split] == sum(i % 5 == 0 for i in in_split)
+        assert task.record_ids[split] == [str(i) for i in in_split if i % 5]
+        assert task.labels[split].any(axis=1).all()
+    assert sum(task.dropped.values()) == rhythm_only.sum()
+    assert task.summary()["dropped_without_label"] == task.dropped
+
+
+@pytest.mark.slow
+def test_probe_end_to_end_on_synthetic_ptbxl(synthetic_ptbxl, tmp_path):
+    spec = Preprocessing(sampling_rate=100, num_samples=250, normalization="per_lead_standardize")
+    config = {"widths": (8, 16), "kernel_size": 7, "input_length": 250, "dropout": 0.0}
+    encoder = embed.random_encoder("ribeiro_resnet", config, spec, seed=1)
+    results = run_probe(
+        encoder,
+        protocol.ptbxl_task("superdiagnostic", 100),
+        synthetic_ptbxl,
+        tmp_path / "out",
+        label_fractions=(0.5, 1.0),
+        seeds=(0, 1),
+        num_bootstrap=20,
+        l2_grid=(1e-2, 1.0),
+    )
+    written = json.loads((tmp_path / "out" / "results.json").read_text())
+    for stored in (results, written):
+        assert stored["checkpoint"]["hash"] == encoder.checkpoint_hash
+        assert stored["preprocessing"] == spec.to_dict()
+        assert stored["protocol"]["task"] == "superdiagnostic"
+        assert stored["protocol"]["windowing"]["aggregation"] == "max"
+        assert stored["protocol"]["seeds"] == [0, 1]
+        assert {"ecgfm", "jax", "flax"} <= set(stored["versions"])
+    assert results["baselines"]["random_init"]["path"] == "random init (seed 0)"
+    assert {r["method"] for r in results["runs"]} == {"pretrained", "random_init"}
+    assert len(results["runs"]) == 2 * 3  # two seeds at 50 %, one fit at 100 %
+    assert {c["b"] for c in results["comparisons"]} == {"random_init"}
+    for name in ("results.csv", "results.md", "roc.png", "label_fractions.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    # A second run reads every embedding from the cache.
+    again = run_probe(encoder, protocol.ptbxl_task("superdiagnostic", 100), synthetic_ptbxl,
+                      tmp_path / "out", label_fractions=(1.0,), seeds=(0,), num_bootstrap=0,
+                      baseline=None, l2_grid=(1.0,))  # fmt: skip
+    assert all(s["computed"] == 0 for s in again["embedding_cache"]["pretrained"].values())

@@ -1,0 +1,143 @@
+"""The downstream protocol: windows, aggregation, task specs and the study runner."""
+
+import numpy as np
+import pytest
+
+from ecgfm.transfer.protocol import (
+    BENCHMARK_WINDOWING,
+    MethodOutput,
+    TaskData,
+    TaskSpec,
+    Windowing,
+    aggregate_windows,
+    cpsc2018_task,
+    cut_windows,
+    ptbxl_task,
+    run_study,
+)
+
+
+def test_benchmark_windows_are_2_5_s_every_1_25_s_at_test_time():
+    # helme/ecg_ptbxl_benchmarking: input_size 2.5 s, stride_length_valid = input_size // 2.
+    assert BENCHMARK_WINDOWING.samples(100, train=False) == (250, 125)
+    assert BENCHMARK_WINDOWING.samples(100, train=True) == (250, 250)
+    assert BENCHMARK_WINDOWING.samples(500, train=False) == (1250, 625)
+    assert BENCHMARK_WINDOWING.aggregation == "max"
+
+
+def test_windows_of_a_10_s_record_are_the_crops_that_fit():
+    signal_TC = np.arange(1000 * 2, dtype=np.float32).reshape(1000, 2)
+    windows = cut_windows(signal_TC, 250, 125)
+    assert windows.shape == (7, 250, 2)  # starts 0, 125, …, 750
+    np.testing.assert_array_equal(windows[3], signal_TC[375:625])
+    np.testing.assert_array_equal(windows[-1], signal_TC[750:1000])
+
+
+def test_a_record_shorter_than_the_window_is_zero_padded():
+    windows = cut_windows(np.ones((100, 3)), 250, 125)
+    assert windows.shape == (1, 250, 3)
+    assert windows[0, :100].sum() == 300 and windows[0, 100:].sum() == 0
+
+
+def test_aggregation_takes_the_per_class_max_or_mean_per_record():
+    values_WK = np.array([[0.1, 0.9], [0.5, 0.2], [0.3, 0.3], [0.7, 0.1]])
+    owner_W = np.array([0, 0, 1, 1])
+    np.testing.assert_allclose(
+        aggregate_windows(values_WK, owner_W, 2, "max"), [[0.5, 0.9], [0.7, 0.3]]
+    )
+    np.testing.assert_allclose(
+        aggregate_windows(values_WK, owner_W, 2, "mean"), [[0.3, 0.55], [0.5, 0.2]]
+    )
+    with pytest.raises(ValueError, match="no window"):
+        aggregate_windows(values_WK, owner_W, 3, "max")
+
+
+def test_task_specs_check_what_the_protocol_allows():
+    assert ptbxl_task("rhythm", 500).name == "ptbxl/rhythm@500Hz"
+    with pytest.raises(ValueError, match="PTB-XL task"):
+        ptbxl_task("arrhythmia")
+    with pytest.raises(ValueError, match="100 or 500"):
+        ptbxl_task("all", 250)
+    with pytest.raises(ValueError, match="aggregation"):
+        Windowing(aggregation="median")
+    recorded = ptbxl_task("form").to_dict()
+    assert "strat_fold [1, 2, 3, 4, 5, 6, 7, 8]" in recorded["split"]
+    assert "strat_fold [10]" in recorded["split"]
+    assert recorded["windowing"] == {
+        "window_s": 2.5, "train_stride_s": 2.5, "eval_stride_s": 1.25, "aggregation": "max",
+    }  # fmt: skip
+    assert "cpsc2018_split.json" in cpsc2018_task().to_dict()["split"]
+
+
+class _Oracle:
+    """Scores = labels + noise scaled by `noise`: a known-good or known-bad method."""
+
+    def __init__(self, task: TaskData, noise: float):
+        self.task, self.noise, self.calls = task, noise, []
+
+    def fit_predict(self, train_index: np.ndarray, seed: int) -> MethodOutput:
+        self.calls.append((train_index.size, seed))
+        rng = np.random.default_rng(seed)
+
+        def scores(labels):
+            return labels + self.noise * rng.normal(size=labels.shape)
+
+        return MethodOutput(
+            scores(self.task.labels["validation"]), scores(self.task.labels["test"]), {}
+        )
+
+
+def _random_task(num_train=400, num_eval=150, num_classes=4, seed=0) -> TaskData:
+    rng = np.random.default_rng(seed)
+    labels = {
+        split: rng.random((n, num_classes)) < 0.3
+        for split, n in (("train", num_train), ("validation", num_eval), ("test", num_eval))
+    }
+    labels["test"][:, 3] = False  # class "d" has no test positive: cannot be evaluated
+    return TaskData(
+        spec=ptbxl_task("superdiagnostic"),
+        dataset_id="test",
+        class_names=("a", "b", "c", "d"),
+        record_ids={s: [f"{s}{i}" for i in range(len(v))] for s, v in labels.items()},
+        labels=labels,
+        dropped={"train": 0, "validation": 0, "test": 0},
+        read=lambda record_id: None,
+    )
+
+
+def test_study_runs_every_method_fraction_and_seed_and_compares_to_the_reference():
+    task = _random_task()
+    good, bad = _Oracle(task, noise=0.3), _Oracle(task, noise=30.0)
+    results, predictions = run_study(
+        task,
+        {"good": good, "bad": bad},
+        fractions=(0.1, 1.0),
+        seeds=(0, 1),
+        reference="good",
+        num_bootstrap=100,
+    )
+    # Fraction 1.0 is the same subset for every seed: fitted once.
+    assert [(r["method"], r["fraction"], r["seed"]) for r in results["runs"]] == [
+        ("good", 0.1, 0), ("good", 0.1, 1), ("good", 1.0, 0),
+        ("bad", 0.1, 0), ("bad", 0.1, 1), ("bad", 1.0, 0),
+    ]  # fmt: skip
+    assert [n for n, _ in good.calls] == [r["num_train_records"] for r in results["runs"][:3]]
+    assert abs(good.calls[0][0] - 40) <= 3 and good.calls[2][0] == 400
+    assert results["classes_not_evaluated"] == ["d"]
+    assert results["classes_evaluated"] == ["a", "b", "c"]
+    good_full = results["runs"][2]["test"]
+    assert good_full["macro_auroc"] > 0.95 and good_full["thresholds_from"] == "given"
+    assert "macro_auroc_ci" in good_full
+    assert {c["fraction"] for c in results["comparisons"]} == {0.1, 1.0}
+    assert all(c["difference"] > 0.2 and c["ci"][0] > 0 for c in results["comparisons"])
+    assert predictions["good/1/0"].shape == (150, 4)
+    summary = {(s["method"], s["fraction"]): s for s in results["summary"]}
+    assert summary[("good", 0.1)]["num_seeds"] == 2
+    assert summary[("good", 1.0)]["macro_auroc_std"] == 0.0
+
+
+def test_task_specs_are_recorded_with_cpsc_split_rules():
+    with pytest.raises(ValueError, match="split_file is for CPSC"):
+        TaskSpec("ptbxl", "all", 100, split_file="x.json")
+    with pytest.raises(ValueError, match="one task"):
+        TaskSpec("cpsc2018", "all", 500)
