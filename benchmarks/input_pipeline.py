@@ -140,8 +140,9 @@ def main(argv: list[str]) -> None:
     print(f"per variant per round, {args.rounds} interleaved rounds")
     print(f"command: {sys.executable} benchmarks/input_pipeline.py {' '.join(argv)}")
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores")
-    print(f"load average (1, 5, 15 min): before {load_before}, after {load_after}")
-    print(f"\n| pipeline | workers | median samples/s | range | × naive shuffled |")
+    loads = [" / ".join(f"{x:.1f}" for x in load) for load in (load_before, load_after)]
+    print(f"load average (1 / 5 / 15 min): {loads[0]} before, {loads[1]} after")
+    print("\n| pipeline | workers | median samples/s | range | × naive shuffled |")
     print("|---|---|---|---|---|")
     for (name, workers), values in rates.items():
         ratio = statistics.median(v / b for v, b in zip(values, baseline, strict=True))

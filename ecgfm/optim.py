@@ -3,13 +3,17 @@
 `make_optimizer(config, total_steps)` reads `config.optim` (see experiments/configs/smoke.py):
 `learning_rate`, `schedule` ("warmup_cosine" | "one_cycle" | "constant"), `warmup_steps`,
 `end_lr_fraction`, `b1`, `b2`, `weight_decay`, `clip_norm` (0 disables), `grad_accum_steps`.
+`make_group_optimizer` gives each top-level parameter group (a Classifier's `encoder` and
+`head`) its own learning-rate schedule: discriminative learning rates for fine-tuning.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
@@ -79,3 +83,63 @@ def make_optimizer(
     if accum > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accum)
     return tx, schedule
+
+
+def _per_group(updates: Mapping[str, Any], groups: Mapping[str, Any]) -> None:
+    unknown = sorted(set(updates) - set(groups))
+    if unknown:
+        raise ValueError(f"parameter groups {unknown} have no schedule; have {sorted(groups)}")
+
+
+def clip_groups_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Clips each top-level parameter group's updates by its own global norm."""
+    clip = optax.clip_by_global_norm(max_norm)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        return {name: clip.update(group, state)[0] for name, group in updates.items()}, state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+def scale_by_group_schedule(
+    schedules: Mapping[str, optax.Schedule],
+) -> optax.GradientTransformation:
+    """Descent steps of each top-level parameter group, scaled by that group's learning rate."""
+
+    def init(params: Any) -> optax.ScaleByScheduleState:
+        del params  # the state is the step count only, so it shards like any scalar
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(
+        updates: Any, state: optax.ScaleByScheduleState, params: Any = None
+    ) -> tuple[Any, optax.ScaleByScheduleState]:
+        del params
+        _per_group(updates, schedules)
+        scaled = {
+            name: jax.tree.map(lambda u, s=schedules[name]: -s(state.count) * u, group)
+            for name, group in updates.items()
+        }
+        return scaled, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_group_optimizer(
+    optim: ConfigDict, schedules: Mapping[str, optax.Schedule]
+) -> optax.GradientTransformation:
+    """AdamW with one learning-rate schedule per top-level parameter group (e.g. encoder, head).
+
+    `optim` gives `b1`, `b2`, `weight_decay` and `clip_norm` (0 disables). It is optax's
+    `adamw` with the learning rate applied per group, so its state is one Adam state over all
+    parameters (`train.state_shardings` shards it like them). Each group is clipped by its own
+    global norm: a frozen encoder's gradients do not shrink the head's steps. A group at
+    learning rate 0 keeps its parameters bit-identical (its updates are ±0, decay included).
+    """
+    parts = [clip_groups_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
+    parts += [
+        optax.scale_by_adam(b1=optim.b1, b2=optim.b2),
+        optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask),
+        scale_by_group_schedule(schedules),
+    ]
+    return optax.chain(*parts)

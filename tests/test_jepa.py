@@ -87,7 +87,9 @@ def jepa_run():
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
         if len(states) < 3:
-            states.append(jax.tree.map(np.asarray, state))
+            states.append(
+                {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "model_state")}
+            )
     return config, states, losses, state, graphdef
 
 

@@ -26,6 +26,10 @@ _LEAD_ALIASES = {name.upper(): name for name in LEADS} | {
 }  # fmt: skip
 
 Sex = Literal["M", "F"]
+# Ages above this are not ages in years but codes (PTB-XL writes 300 for "over 89").
+MAX_AGE_YEARS = 150.0
+_SEX_WORDS: dict[str, Sex] = {"male": "M", "m": "M", "female": "F", "f": "F"}
+_UNKNOWN_WORDS = frozenset({"", "unknown", "nan", "none"})
 
 
 class EcgFormatError(ValueError):
@@ -78,6 +82,40 @@ class EcgRecord:
     def lead(self, name: str) -> np.ndarray:
         """`[T]` samples of one lead, by canonical name."""
         return self.signal[:, LEADS.index(canonical_lead_name(name))]
+
+
+def parse_sex(value: object, path: object, what: str = "sex") -> Sex | None:
+    """"M"/"F" from text as files spell it ("Male", "f"); empty or "Unknown" gives None.
+
+    Anything else raises `EcgFormatError` naming `path` and `what` (the field, e.g. "ECG.sex").
+    """
+    text = "" if value is None else str(value)
+    key = text.strip().lower()
+    if key in _UNKNOWN_WORDS:
+        return None
+    if key not in _SEX_WORDS:
+        raise EcgFormatError(path, f"{what} is {text!r}, expected Male or Female")
+    return _SEX_WORDS[key]
+
+
+def parse_age(value: object, path: object, what: str = "age") -> float | None:
+    """Age in years from a number or text; empty, NaN or "Unknown" gives None.
+
+    A value that is not a number, or lies outside 0..`MAX_AGE_YEARS`, raises `EcgFormatError`
+    naming `path` and `what`. Codes such as PTB-XL's 300 ("over 89") are the reader's to map
+    before calling this.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in _UNKNOWN_WORDS):
+        return None
+    try:
+        years = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise EcgFormatError(path, f"{what} is {value!r}, not a number") from None
+    if np.isnan(years):
+        return None
+    if not 0 <= years <= MAX_AGE_YEARS:
+        raise EcgFormatError(path, f"{what} is {value!r}, not an age in years (0-150)")
+    return years
 
 
 def canonical_lead_name(name: str, path: object = "<lead names>") -> str:
@@ -172,11 +210,19 @@ class SkipLog:
 
 
 OnError = Literal["raise", "skip"]
+ON_ERROR_CHOICES: tuple[str, ...] = ("raise", "skip")
+
+
+def check_on_error(on_error: str) -> OnError:
+    """Returns `on_error` if it is "raise" or "skip"; anything else (a typo) raises ValueError."""
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error is {on_error!r}, expected one of {ON_ERROR_CHOICES}")
+    return on_error  # type: ignore[return-value]
 
 
 def handle_bad_record(error: EcgFormatError, on_error: OnError, skip_log: SkipLog | None) -> None:
     """Raises `error` unless the caller asked to skip, in which case it is counted and logged."""
-    if on_error == "raise":
+    if check_on_error(on_error) == "raise":
         raise error
     if skip_log is None:
         raise ValueError("on_error='skip' needs a SkipLog to record what was skipped") from error
@@ -189,7 +235,21 @@ def read_each(
     on_error: OnError = "raise",
     skip_log: SkipLog | None = None,
 ) -> Iterator[EcgRecord]:
-    """Yields `read(id)` for each id; a bad record raises, or is skipped, counted and logged."""
+    """Yields `read(id)` for each id; a bad record raises, or is skipped, counted and logged.
+
+    `on_error` and `skip_log` are checked here, before the first record is read.
+    """
+    if check_on_error(on_error) == "skip" and skip_log is None:
+        raise ValueError("on_error='skip' needs a SkipLog to record what was skipped")
+    return _read_each(read, record_ids, on_error, skip_log)
+
+
+def _read_each(
+    read: Callable[[Any], EcgRecord],
+    record_ids: Iterable[Any],
+    on_error: OnError,
+    skip_log: SkipLog | None,
+) -> Iterator[EcgRecord]:
     for record_id in record_ids:
         try:
             record = read(record_id)
