@@ -32,7 +32,7 @@ from ml_collections import ConfigDict
 from ecgfm import checkpoint, distributed, sharding
 from ecgfm.data import pipeline, splits
 from ecgfm.data.preprocessing import Preprocessing
-from ecgfm.data.sources import CodeHdf5Source, Source, TfdsSource
+from ecgfm.data.sources import CodeHdf5Source, PatientPairSource, Source, TfdsSource
 from ecgfm.objectives import Objective, make_objective
 from ecgfm.optim import make_optimizer
 
@@ -304,6 +304,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
 
     # Data: each process reads its own rows of every global batch.
     train_source, val_source = make_sources(config.data, workdir)
+    if config.data.get("patient_pairs"):
+        # CLOCS's patient view: every example also carries another exam of its patient.
+        train_source = PatientPairSource(train_source, seed=config.seed)
     train_iter = pipeline.make_train_iterator(
         train_source,
         global_batch_size=train_cfg.global_batch_size,

@@ -5,12 +5,21 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
 
-from ecgfm.data.pipeline import make_eval_iterator, make_train_iterator, steps_per_epoch
-from ecgfm.data.sources import InMemorySource, PatientPairSource
+from ecgfm.data.pipeline import (
+    PREFETCH_BATCHES,
+    PREFETCH_THREADS,
+    make_eval_iterator,
+    make_train_iterator,
+    steps_per_epoch,
+)
+from ecgfm.data.sources import InMemorySource, PatientPairSource, TfdsSource
+from ecgfm.data.synthetic.code import write_code_dataset
+from ecgfm.data.tfds_builders import prepare_dataset
 
 NUM_RECORDS = 24
 NUM_SAMPLES = 40
@@ -212,3 +221,76 @@ def test_patient_pairs_need_a_patient_with_two_exams():
     )
     with pytest.raises(ValueError, match="two or more exams"):
         PatientPairSource(single)
+
+
+class CountingSource(InMemorySource):
+    """Counts the records read, to see how far the pipeline reads ahead of its consumer."""
+
+    reads = 0
+
+    def __getitem__(self, index):
+        CountingSource.reads += 1
+        return super().__getitem__(index)
+
+
+def test_read_ahead_is_bounded_while_the_consumer_is_slow():
+    source = make_source()
+    counting = CountingSource(
+        [source[i]["signal"] for i in range(NUM_RECORDS)], np.zeros((NUM_RECORDS, 1)),
+        label_names=("x",),
+    )  # fmt: skip
+    CountingSource.reads = 0
+    iterator = make_train_iterator(counting, global_batch_size=4, seed=0)
+    next(iterator)
+    time.sleep(1.0)  # a slow train step: read-ahead threads run meanwhile
+    # One batch taken, at most PREFETCH_BATCHES waiting and one being made per thread
+    # (grain's default would read 500 batches ahead: gigabytes at real batch sizes).
+    assert CountingSource.reads <= 4 * (1 + PREFETCH_BATCHES + PREFETCH_THREADS)
+
+
+@pytest.fixture(scope="module")
+def code_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("code")
+    src = write_code_dataset(root / "src", num_exams=10, seed=7)
+    prepare_dataset("code", src, root / "data", fractions={"train": 1.0})
+    return root / "data"
+
+
+def tfds_decoded(source, index):
+    """Record `index` decoded by TFDS's own example parser: counts · scale in float32."""
+    example = source.example(index)
+    counts_TC = example["signal"]
+    assert counts_TC.dtype == np.int16
+    return counts_TC.astype(np.float32) * np.float32(example["signal_scale"]), example
+
+
+def test_built_elements_are_bit_identical_to_the_tfds_decoding(code_build):
+    source = TfdsSource(code_build, "code", "train")
+    indices = list(range(len(source)))[::-1]
+    for index, element in zip(indices, source.__getitems__(indices), strict=True):
+        want_TC, example = tfds_decoded(source, index)
+        for got in (element, source[index]):
+            assert got["signal"].dtype == np.float32 and got["signal"].shape == want_TC.shape
+            assert got["signal"].tobytes() == want_TC.tobytes()
+            np.testing.assert_array_equal(got["labels"], example["labels"]["code"])
+            np.testing.assert_array_equal(got["label_mask"], example["label_mask"]["code"])
+            assert got["record_id"] == example["record_id"].decode() == source.record_ids[index]
+
+
+def test_built_dataset_batches_hold_the_decoded_signals_centred_in_the_window(code_build):
+    source = TfdsSource(code_build, "code", "train")
+    window = 4096  # longer than every exam (7 s or 10 s at 400 Hz): no random offset
+    batch = next(make_train_iterator(source, global_batch_size=8, seed=0, window=window))
+    by_id = {r: i for i, r in enumerate(source.record_ids)}
+    for row_TC, record_id in zip(batch["signal"], batch["record_id"], strict=True):
+        want_TC, _ = tfds_decoded(source, by_id[record_id])
+        start = (window - len(want_TC)) // 2
+        expected_TC = np.zeros((window, 12), np.float32)
+        expected_TC[start : start + len(want_TC)] = want_TC
+        assert row_TC.tobytes() == expected_TC.tobytes()
+    (evaluated,) = list(make_eval_iterator(source, global_batch_size=16, window=2000))
+    for row_TC, index in zip(evaluated["signal"][: len(source)], range(len(source)), strict=True):
+        want_TC, _ = tfds_decoded(source, index)
+        start = (len(want_TC) - 2000) // 2
+        assert row_TC.tobytes() == want_TC[start : start + 2000].tobytes()
+    np.testing.assert_array_equal(evaluated["mask"], [1] * len(source) + [0] * (16 - len(source)))

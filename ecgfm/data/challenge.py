@@ -5,9 +5,10 @@ Chapman-Shaoxing/Ningbo in one layout. `X.mat` holds one matrix `val` (leads × 
 in the real files); the header gives per lead the gain, baseline, units, checksum and lead name,
 and its comments give `# Age:`, `# Sex:` and `# Dx:` (comma-separated SNOMED-CT codes).
 
-Headers are parsed here rather than with `wfdb.rdheader`, which accepts a header whose signal
-count disagrees with its signal lines, and silently turns an unreadable gain into 200/mV or an
-unreadable sampling rate into 250 Hz (checked with wfdb 4.3.1).
+Headers are parsed strictly by `ecgfm.data.wfdb_header` (not `wfdb.rdheader`, which reads a
+missing gain as 200/mV), the same parser PTB-XL's reader uses. The Challenge copied PTB-XL's
+ages, so an HR record's age 300 ("over 89") gives no age and `metadata["age_over_89"]`, as
+`ecgfm.data.ptbxl` reads it.
 
 The Challenge's label vocabulary is its two dx_mapping tables (shipped in `ecgfm/resources/`,
 from physionetchallenges/evaluation-2021, BSD-2-Clause): 30 scored and the unscored SNOMED-CT
@@ -16,30 +17,31 @@ codes, with per-source counts.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.resources
 import pathlib
 import re
-import zlib
 from collections.abc import Collection, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-import scipy.io
-from scipy.io.matlab import MatReadError
 
-from ecgfm.data.cpsc2018 import CPSC_CLASSES, CPSC_TO_SNOMED
+from ecgfm.data.cpsc2018 import CPSC_CLASSES, CPSC_TO_SNOMED, load_mat
+from ecgfm.data.ptbxl import MASKED_AGE
 from ecgfm.data.record import (
     EcgFormatError,
     EcgRecord,
     OnError,
-    Sex,
     SkipLog,
+    check_on_error,
     check_signal,
+    handle_bad_record,
+    parse_age,
+    parse_sex,
     read_each,
     to_canonical_leads,
 )
+from ecgfm.data.wfdb_header import WfdbHeader, digital_to_millivolts, read_wfdb_header
 
 # Record-name prefixes of the Challenge 2021 training sources. JS numbers one combined release:
 # JS00001–JS10646 are Chapman-Shaoxing, JS10647 onward Ningbo (Challenge 2021 data notes).
@@ -63,14 +65,6 @@ CHALLENGE_EQUIVALENT_CODES: tuple[frozenset[str], ...] = (
 
 DX_MAPPING_FILES = ("dx_mapping_scored.csv", "dx_mapping_unscored.csv")
 _DX_COLUMNS = ("Dx", "SNOMEDCTCode", "Abbreviation", "Total")
-_MAT_ERRORS = (MatReadError, OSError, ValueError, TypeError, zlib.error)
-_SEX: dict[str, Sex] = {"male": "M", "m": "M", "female": "F", "f": "F"}
-_UNKNOWN = {"", "unknown", "nan", "none"}
-_FORMAT = re.compile(r"^(?P<fmt>\d+)(?:x\d+)?(?::\d+)?(?:\+\d+)?$")
-_GAIN = re.compile(
-    r"^(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\((?P<baseline>-?\d+)\))?"
-    r"(?:/(?P<units>\S+))?$"
-)
 
 
 def dataset_of(record_id: str) -> str | None:
@@ -84,114 +78,13 @@ def dataset_of(record_id: str) -> str | None:
     return _DATASET_PREFIXES.get(prefix)
 
 
-@dataclasses.dataclass(frozen=True)
-class ChallengeHeader:
-    """What a Challenge `.hea` says about its record (one entry per lead where a tuple)."""
-
-    record_name: str
-    sampling_rate: float
-    num_samples: int
-    signal_file: str
-    lead_names: tuple[str, ...]
-    gains: tuple[float, ...]
-    baselines: tuple[int, ...]
-    checksums: tuple[int, ...]
-    comments: dict[str, str]
-
-
-def read_challenge_header(path: str | pathlib.Path) -> ChallengeHeader:
-    """Parses a Challenge `.hea`; any field it cannot read raises `EcgFormatError` naming it."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise EcgFormatError(path, "header file is missing")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)]
-    body = [(i, line) for i, line in lines if line and not line.startswith("#")]
-    if not body:
-        raise EcgFormatError(path, "header has no record line")
-    i, record_line = body[0]
-    fields = record_line.split()
-    if len(fields) < 4:
-        raise EcgFormatError(
-            path, f"line {i}: record line {record_line!r} lacks name, leads, rate or samples"
-        )
-    record_name, num_leads, rate, num_samples = fields[:4]
-    if "/" in record_name:
-        raise EcgFormatError(path, f"line {i}: multi-segment record {record_name!r}")
-    if record_name != path.stem:
-        raise EcgFormatError(path, f"line {i}: header is for record {record_name!r}")
-    try:
-        sampling_rate = float(rate.split("/")[0])
-        n_leads, n_samples = int(num_leads), int(num_samples)
-    except ValueError as err:
-        raise EcgFormatError(path, f"line {i}: unreadable record line {record_line!r}") from err
-    if not sampling_rate > 0 or n_leads <= 0 or n_samples <= 0:
-        raise EcgFormatError(
-            path, f"line {i}: record line {record_line!r} has a non-positive field"
-        )
-    signal_lines = body[1:]
-    if len(signal_lines) != n_leads:
-        raise EcgFormatError(
-            path, f"record line says {n_leads} leads but {len(signal_lines)} signal lines follow"
-        )
-    leads = [_parse_signal_line(path, i, line) for i, line in signal_lines]
-    files = {lead["file"] for lead in leads}
-    if len(files) != 1:
-        raise EcgFormatError(path, f"signal lines name several files {sorted(files)}")
-    return ChallengeHeader(
-        record_name=record_name,
-        sampling_rate=sampling_rate,
-        num_samples=n_samples,
-        signal_file=files.pop(),
-        lead_names=tuple(lead["name"] for lead in leads),
-        gains=tuple(lead["gain"] for lead in leads),
-        baselines=tuple(lead["baseline"] for lead in leads),
-        checksums=tuple(lead["checksum"] for lead in leads),
-        comments=_parse_comments(path, lines),
-    )
-
-
-def _parse_signal_line(path: pathlib.Path, i: int, line: str) -> dict:
-    """One signal line: `file fmt gain(baseline)/units adcres adczero init checksum block lead`."""
-    fields = line.split()
-    if len(fields) < 9:
-        raise EcgFormatError(path, f"line {i}: signal line {line!r} has fewer than 9 fields")
-    file, fmt, gain_field, _adc_res, adc_zero, _init, checksum, _block = fields[:8]
-    fmt_match, gain_match = _FORMAT.match(fmt), _GAIN.match(gain_field)
-    if fmt_match is None or fmt_match["fmt"] != "16":
-        raise EcgFormatError(path, f"line {i}: signal format {fmt!r}, expected 16")
-    if not file.lower().endswith(".mat"):
-        raise EcgFormatError(path, f"line {i}: signal file {file!r} is not a MATLAB .mat")
-    if gain_match is None:
-        raise EcgFormatError(path, f"line {i}: unreadable gain {gain_field!r}")
-    units = gain_match["units"] or "mV"
-    if units.lower() != "mv":
-        raise EcgFormatError(path, f"line {i}: units {units!r}, expected mV")
-    try:
-        gain = float(gain_match["gain"])
-        baseline = int(gain_match["baseline"] or adc_zero)
-        checksum_value = int(checksum)
-    except ValueError as err:
-        raise EcgFormatError(path, f"line {i}: unreadable signal line {line!r}") from err
-    if not gain > 0:
-        # A gain of 0 means "uncalibrated" in WFDB: there is no way to get millivolts.
-        raise EcgFormatError(path, f"line {i}: gain {gain_field!r} is not positive")
-    return {
-        "file": file,
-        "gain": gain,
-        "baseline": baseline,
-        "checksum": checksum_value,
-        "name": " ".join(fields[8:]),
-    }
-
-
-def _parse_comments(path: pathlib.Path, lines: list[tuple[int, str]]) -> dict[str, str]:
+def _parse_comments(path: pathlib.Path, header: WfdbHeader) -> dict[str, str]:
     """`# Key: value` comment lines as {key: value}; a key given twice raises."""
     comments: dict[str, str] = {}
-    for i, line in lines:
-        if not line.startswith("#") or ":" not in line:
+    for i, line in header.comment_lines:
+        if ":" not in line:
             continue
-        key, value = (part.strip() for part in line.lstrip("#").split(":", 1))
+        key, value = (part.strip() for part in line.split(":", 1))
         if key in comments:
             raise EcgFormatError(path, f"line {i}: comment '{key}' given twice")
         comments[key] = value
@@ -203,71 +96,68 @@ def read_challenge_record(path: str | pathlib.Path) -> EcgRecord:
 
     Physical values are `(val - baseline) / gain` per lead; lead count, sample count and the
     WFDB checksums are checked against the header. Labels are the `# Dx:` SNOMED-CT codes;
-    age "NaN"/"Unknown" and sex "Unknown" become None. Ages are as written (PTB-XL codes ages
-    over 89 as 300).
+    age "NaN"/"Unknown" and sex "Unknown" become None. A PTB-XL record's (HR*) age 300, PTB-XL's
+    code for "over 89", becomes None with `metadata["age_over_89"]`; other ages must be 0-150.
     """
     path = pathlib.Path(path)
     header_path = path.with_suffix(".hea") if path.suffix in (".hea", ".mat") else None
     header_path = header_path or path.parent / (path.name + ".hea")
-    header = read_challenge_header(header_path)
+    header = read_wfdb_header(header_path)
+    if not header.signal_file.lower().endswith(".mat"):
+        raise EcgFormatError(
+            header_path, f"signal file {header.signal_file!r} is not a MATLAB .mat"
+        )
+    comments = _parse_comments(header_path, header)
     mat_path = header_path.parent / header.signal_file
     val_CT = _read_val(mat_path)
-    if val_CT.shape[0] != len(header.lead_names):
+    if val_CT.shape[0] != header.num_leads:
         raise EcgFormatError(
             mat_path,
-            f"'val' has {val_CT.shape[0]} leads but {header_path.name} lists "
-            f"{len(header.lead_names)}",
+            f"'val' has {val_CT.shape[0]} leads but {header_path.name} lists {header.num_leads}",
         )
     if val_CT.shape[1] != header.num_samples:
         raise EcgFormatError(
             mat_path,
             f"'val' has {val_CT.shape[1]} samples but {header_path.name} says {header.num_samples}",
         )
-    if np.issubdtype(val_CT.dtype, np.integer):
-        _check_checksums(val_CT, header, mat_path)
-    baseline_C1 = np.asarray(header.baselines, dtype=np.float64)[:, None]
-    gain_C1 = np.asarray(header.gains, dtype=np.float64)[:, None]
-    physical_CT = (val_CT.astype(np.float64) - baseline_C1) / gain_C1
-    signal_TC, derived = to_canonical_leads(physical_CT.T, header.lead_names, header_path)
-    comments = dict(header.comments)
+    physical_TC = digital_to_millivolts(val_CT.T, header, mat_path)
+    signal_TC, derived = to_canonical_leads(physical_TC, header.lead_names, header_path)
     age, sex, dx = comments.pop("Age", None), comments.pop("Sex", None), comments.pop("Dx", None)
+    dataset = dataset_of(header.record_name)
+    metadata: dict[str, object] = {"dataset": dataset, "comments": comments}
+    if dataset == "ptbxl":
+        # The Challenge copied PTB-XL's ages, 300 ("over 89") included; read it as PTB-XL does.
+        metadata["age_over_89"] = _is_masked_age(age)
+        age = None if metadata["age_over_89"] else age
     return EcgRecord(
         signal=check_signal(signal_TC, mat_path),
         sampling_rate=header.sampling_rate,
         record_id=header.record_name,
         source="challenge",
         labels=_parse_dx(dx, header_path),
-        age=_parse_age(age, header_path),
-        sex=_parse_sex(sex, header_path),
+        age=parse_age(age, header_path, "'# Age:'"),
+        sex=parse_sex(sex, header_path, "'# Sex:'"),
         derived_leads=derived,
-        metadata={"dataset": dataset_of(header.record_name), "comments": comments},
+        metadata=metadata,
     )
+
+
+def _is_masked_age(age: str | None) -> bool:
+    try:
+        return age is not None and float(age) == MASKED_AGE
+    except ValueError:
+        return False
 
 
 def _read_val(mat_path: pathlib.Path) -> np.ndarray:
     """The `val` matrix (leads × samples) of a Challenge MATLAB v4 file."""
-    if not mat_path.is_file():
-        raise EcgFormatError(mat_path, "signal file is missing")
-    try:
-        contents = scipy.io.loadmat(mat_path)
-    except _MAT_ERRORS as err:
-        raise EcgFormatError(mat_path, f"unreadable MATLAB file ({err})") from err
+    contents = load_mat(mat_path)
     if "val" not in contents:
         raise EcgFormatError(mat_path, "no matrix 'val'")
     val = contents["val"]
     if val.ndim != 2 or not np.issubdtype(val.dtype, np.number):
         raise EcgFormatError(mat_path, f"'val' is {val.dtype} {val.shape}, expected a matrix")
     return val
-
-
-def _check_checksums(val_CT: np.ndarray, header: ChallengeHeader, mat_path: pathlib.Path) -> None:
-    """Compares the 16-bit sums of each lead with the header's WFDB checksums."""
-    sums = (val_CT.astype(np.int64).sum(axis=1) + 2**15) % 2**16 - 2**15
-    for name, expected, found in zip(header.lead_names, header.checksums, sums, strict=True):
-        if expected != found:
-            raise EcgFormatError(
-                mat_path, f"lead {name}: checksum {found} differs from the header's {expected}"
-            )
 
 
 def _parse_dx(dx: str | None, path: pathlib.Path) -> tuple[str, ...]:
@@ -277,28 +167,6 @@ def _parse_dx(dx: str | None, path: pathlib.Path) -> tuple[str, ...]:
     if not codes or any(not code.isdigit() for code in codes):
         raise EcgFormatError(path, f"'# Dx: {dx}' is not a list of SNOMED-CT codes")
     return tuple(sorted(set(codes)))
-
-
-def _parse_age(age: str | None, path: pathlib.Path) -> float | None:
-    if age is None or age.lower() in _UNKNOWN:
-        return None
-    try:
-        years = float(age)
-    except ValueError as err:
-        raise EcgFormatError(path, f"'# Age: {age}' is not a number") from err
-    if np.isnan(years):
-        return None
-    if years < 0:
-        raise EcgFormatError(path, f"'# Age: {age}' is negative")
-    return years
-
-
-def _parse_sex(sex: str | None, path: pathlib.Path) -> Sex | None:
-    if sex is None or sex.lower() in _UNKNOWN:
-        return None
-    if sex.lower() not in _SEX:
-        raise EcgFormatError(path, f"'# Sex: {sex}' is not Male/Female")
-    return _SEX[sex.lower()]
 
 
 def validate_codes(codes: Iterable[str], vocabulary: Collection[str], path: object) -> None:
@@ -378,7 +246,9 @@ class ChallengeDataset:
 
     `check_codes` (default) rejects records whose `# Dx:` codes are not in `vocabulary` (the
     shipped Challenge 2021 tables when None). `record_ids` lists every id that a `.hea` or a
-    `.mat` names, so a `.mat` without a header is reported when read, not dropped.
+    `.mat` names, so a `.mat` without a header is reported when read, not dropped. A record name
+    found in two folders raises, or with `on_error="skip"` keeps the first and lists the other in
+    `skip_log` (a new `SkipLog` when None, also `iter_records`' default).
     """
 
     def __init__(
@@ -387,7 +257,11 @@ class ChallengeDataset:
         *,
         check_codes: bool = True,
         vocabulary: Collection[str] | None = None,
+        on_error: OnError = "raise",
+        skip_log: SkipLog | None = None,
     ):
+        check_on_error(on_error)
+        self.skip_log = SkipLog() if skip_log is None else skip_log
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
             raise EcgFormatError(self.root, "dataset folder is missing")
@@ -400,7 +274,8 @@ class ChallengeDataset:
         for file in sorted([*self.root.rglob("*.hea"), *self.root.rglob("*.mat")]):
             known = self._files.setdefault(file.stem, file.with_suffix(""))
             if known != file.with_suffix(""):
-                raise EcgFormatError(file, f"repeats record {file.stem} of {known}")
+                repeat = EcgFormatError(file, f"repeats record {file.stem} of {known}")
+                handle_bad_record(repeat, on_error, self.skip_log)
         self.record_ids: tuple[str, ...] = tuple(sorted(self._files))
 
     def __len__(self) -> int:
@@ -420,5 +295,10 @@ class ChallengeDataset:
     def iter_records(
         self, on_error: OnError = "raise", skip_log: SkipLog | None = None
     ) -> Iterator[EcgRecord]:
-        """Yields every record in `record_ids` order; bad ones raise or are skipped and logged."""
-        return read_each(self.read, self.record_ids, on_error, skip_log)
+        """Yields every record in `record_ids` order; bad ones raise or are skipped and logged.
+
+        Skips are listed in `skip_log`, by default this dataset's `skip_log`.
+        """
+        return read_each(
+            self.read, self.record_ids, on_error, self.skip_log if skip_log is None else skip_log
+        )

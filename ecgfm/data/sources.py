@@ -408,12 +408,20 @@ class PatientPairSource:
         return group[position], group[other + (other >= position)]
 
     def __getitem__(self, index: int) -> Element:
-        anchor, partner = self.pair(index)
-        element = dict(self.source[anchor])
-        other = self.source[partner]
-        element["signal_b"] = other["signal"]
-        element["record_id_b"] = other["record_id"]
-        return element
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Element]:
+        """Pairs of `indices`, anchors and partners read from the source in one call."""
+        wanted = [i for index in indices for i in self.pair(index)]
+        getitems = getattr(self.source, "__getitems__", None)
+        read = getitems(wanted) if getitems is not None else [self.source[i] for i in wanted]
+        elements = []
+        for anchor, partner in zip(read[0::2], read[1::2], strict=True):
+            element = dict(anchor)
+            element["signal_b"] = partner["signal"]
+            element["record_id_b"] = partner["record_id"]
+            elements.append(element)
+        return elements
 
     @property
     def record_ids(self) -> list[str]:

@@ -32,4 +32,6 @@ def get_config() -> ConfigDict:
             "sampling_rate": 400.0,
         }
     )
+    # view=patient pairs different exams of one patient: set data.patient_pairs=True too.
+    config.data.patient_pairs = False
     return config
