@@ -19,6 +19,7 @@ import csv
 import pathlib
 import zlib
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -31,7 +32,11 @@ from ecgfm.data.record import (
     OnError,
     Sex,
     SkipLog,
+    check_on_error,
     check_signal,
+    handle_bad_record,
+    parse_age,
+    parse_sex,
     read_each,
 )
 
@@ -59,9 +64,18 @@ CPSC_SAMPLING_RATE = 500.0
 CPSC_LEADS: tuple[str, ...] = LEADS
 REFERENCE_HEADER: tuple[str, ...] = ("Recording", "First_label", "Second_label", "Third_label")
 
-_SEX: dict[str, Sex] = {"male": "M", "m": "M", "female": "F", "f": "F"}
-_UNKNOWN = {"", "unknown", "nan", "none"}
+# What scipy.io.loadmat raises for a truncated or garbled file.
 _MAT_ERRORS = (MatReadError, OSError, ValueError, TypeError, zlib.error)
+
+
+def load_mat(path: pathlib.Path) -> dict[str, Any]:
+    """The variables of a MATLAB file; a missing or unreadable file raises `EcgFormatError`."""
+    if not path.is_file():
+        raise EcgFormatError(path, "signal file is missing")
+    try:
+        return scipy.io.loadmat(path)
+    except _MAT_ERRORS as err:
+        raise EcgFormatError(path, f"unreadable MATLAB file ({err})") from err
 
 
 def read_cpsc_mat(path: str | pathlib.Path, labels: tuple[str, ...] = ()) -> EcgRecord:
@@ -74,13 +88,7 @@ def read_cpsc_mat(path: str | pathlib.Path, labels: tuple[str, ...] = ()) -> Ecg
     unknown = [name for name in labels if name not in CPSC_CLASSES]
     if unknown:
         raise EcgFormatError(path, f"labels {unknown} are not CPSC classes {CPSC_CLASSES}")
-    if not path.is_file():
-        raise EcgFormatError(path, "signal file is missing")
-    try:
-        contents = scipy.io.loadmat(path)
-    except _MAT_ERRORS as err:
-        raise EcgFormatError(path, f"unreadable MATLAB file ({err})") from err
-    ecg = contents.get("ECG")
+    ecg = load_mat(path).get("ECG")
     fields = () if ecg is None or ecg.dtype.names is None else ecg.dtype.names
     if ecg is None or ecg.size != 1 or not {"sex", "age", "data"} <= set(fields):
         raise EcgFormatError(path, "no 1×1 struct 'ECG' with fields sex, age, data")
@@ -109,12 +117,7 @@ def _read_age(value: np.ndarray, path: pathlib.Path) -> float | None:
         return None
     if value.size != 1 or not np.issubdtype(value.dtype, np.number):
         raise EcgFormatError(path, f"ECG.age is {value!r}, expected one number")
-    age = float(value.flat[0])
-    if np.isnan(age):
-        return None
-    if not 0 <= age <= 150:
-        raise EcgFormatError(path, f"ECG.age is {age}, not an age in years")
-    return age
+    return parse_age(float(value.flat[0]), path, "ECG.age")
 
 
 def _read_sex(value: np.ndarray, path: pathlib.Path) -> Sex | None:
@@ -124,23 +127,26 @@ def _read_sex(value: np.ndarray, path: pathlib.Path) -> Sex | None:
         return None
     if value.dtype.kind != "U":
         raise EcgFormatError(path, f"ECG.sex is {value!r}, expected text")
-    text = "".join(str(v) for v in value.flat)
-    key = text.strip().lower()
-    if key in _UNKNOWN:
-        return None
-    if key not in _SEX:
-        raise EcgFormatError(path, f"ECG.sex is {text!r}, expected 'Male' or 'Female'")
-    return _SEX[key]
+    return parse_sex("".join(str(v) for v in value.flat), path, "ECG.sex")
 
 
-def read_reference(path: str | pathlib.Path) -> dict[str, tuple[str, ...]]:
+def read_reference(
+    path: str | pathlib.Path, on_error: OnError = "raise", skip_log: SkipLog | None = None
+) -> dict[str, tuple[str, ...]]:
     """Reads `REFERENCE.csv` into {record_id: CPSC class names in the row's order}.
 
     Every row needs a recording name and a first label; the second and third may be blank.
-    A wrong header, a label outside 1–9, a repeated label or a repeated recording raises
-    `EcgFormatError` naming the file and line.
+    A wrong header or a missing file raises `EcgFormatError`. A bad row (a label outside 1–9, a
+    repeated label, a recording listed again) raises naming the file and line, or with
+    `on_error="skip"` is left out and listed in `skip_log`.
     """
-    path = pathlib.Path(path)
+    return _read_reference(pathlib.Path(path), check_on_error(on_error), skip_log)[0]
+
+
+def _read_reference(
+    path: pathlib.Path, on_error: OnError, skip_log: SkipLog | None
+) -> tuple[dict[str, tuple[str, ...]], set[str]]:
+    """`read_reference`, plus the recording names of the rows it skipped."""
     if not path.is_file():
         raise EcgFormatError(path, "reference file is missing")
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -149,26 +155,38 @@ def read_reference(path: str | pathlib.Path) -> dict[str, tuple[str, ...]]:
         found = rows[0] if rows else "an empty file"
         raise EcgFormatError(path, f"line 1: header is {found}, expected {list(REFERENCE_HEADER)}")
     reference: dict[str, tuple[str, ...]] = {}
+    skipped: set[str] = set()
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        where = f"line {line} {row}"
-        if len(row) > len(REFERENCE_HEADER):
-            raise EcgFormatError(path, f"{where}: more than {len(REFERENCE_HEADER)} columns")
-        record_id, *cells = (cell.strip() for cell in row)
-        if not record_id:
-            raise EcgFormatError(path, f"{where}: no recording name")
-        if record_id in reference:
-            raise EcgFormatError(path, f"{where}: recording {record_id} is listed twice")
-        codes = [c for c in cells if c]
-        if not codes or not cells[0]:
-            raise EcgFormatError(path, f"{where}: no first label")
-        if any(c not in {str(i) for i in range(1, 10)} for c in codes):
-            raise EcgFormatError(path, f"{where}: labels must be integers 1–9")
-        if len(set(codes)) != len(codes):
-            raise EcgFormatError(path, f"{where}: repeated label")
-        reference[record_id] = tuple(CPSC_CLASSES[int(c) - 1] for c in codes)
-    return reference
+        try:
+            record_id, labels = _reference_row(row, reference, f"line {line} {row}", path)
+        except EcgFormatError as err:
+            handle_bad_record(err, on_error, skip_log)
+            skipped.add(row[0].strip())
+            continue
+        reference[record_id] = labels
+    return reference, skipped - set(reference) - {""}
+
+
+def _reference_row(
+    row: list[str], reference: Mapping[str, object], where: str, path: pathlib.Path
+) -> tuple[str, tuple[str, ...]]:
+    if len(row) > len(REFERENCE_HEADER):
+        raise EcgFormatError(path, f"{where}: more than {len(REFERENCE_HEADER)} columns")
+    record_id, *cells = (cell.strip() for cell in row)
+    if not record_id:
+        raise EcgFormatError(path, f"{where}: no recording name")
+    if record_id in reference:
+        raise EcgFormatError(path, f"{where}: recording {record_id} is listed twice")
+    codes = [c for c in cells if c]
+    if not codes or not cells[0]:
+        raise EcgFormatError(path, f"{where}: no first label")
+    if any(c not in {str(i) for i in range(1, 10)} for c in codes):
+        raise EcgFormatError(path, f"{where}: labels must be integers 1–9")
+    if len(set(codes)) != len(codes):
+        raise EcgFormatError(path, f"{where}: repeated label")
+    return record_id, tuple(CPSC_CLASSES[int(c) - 1] for c in codes)
 
 
 class Cpsc2018:
@@ -179,27 +197,40 @@ class Cpsc2018:
     or a reference row names: an id with a reference row but no `.mat`, or a `.mat` with no
     reference row, is kept in the list so that reading it raises `EcgFormatError` (or, in
     `iter_records(on_error="skip")`, is counted in the `SkipLog`) rather than vanishing.
+
+    With `on_error="skip"`, a bad reference row or a record name found twice is left out and
+    listed in `skip_log` (a new `SkipLog` when None, also `iter_records`' default); the record
+    of a skipped reference row is left out of `record_ids`.
     """
 
     def __init__(
         self,
         root: str | pathlib.Path,
         reference: str | pathlib.Path | None = "REFERENCE.csv",
+        *,
+        on_error: OnError = "raise",
+        skip_log: SkipLog | None = None,
     ):
+        check_on_error(on_error)
+        self.skip_log = SkipLog() if skip_log is None else skip_log
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
             raise EcgFormatError(self.root, "dataset folder is missing")
         self._mat_files: dict[str, pathlib.Path] = {}
         for mat in sorted(self.root.rglob("*.mat")):
             if mat.stem in self._mat_files:
-                raise EcgFormatError(
+                repeat = EcgFormatError(
                     mat, f"repeats record {mat.stem} of {self._mat_files[mat.stem]}"
                 )
+                handle_bad_record(repeat, on_error, self.skip_log)
+                continue
             self._mat_files[mat.stem] = mat
         self.reference_path = None if reference is None else self.root / reference
-        self._labels = None if self.reference_path is None else read_reference(self.reference_path)
+        self._labels, skipped = None, set()
+        if self.reference_path is not None:
+            self._labels, skipped = _read_reference(self.reference_path, on_error, self.skip_log)
         self.record_ids: tuple[str, ...] = tuple(
-            sorted(self._mat_files.keys() | (self._labels or {}).keys())
+            sorted((self._mat_files.keys() | (self._labels or {}).keys()) - skipped)
         )
 
     def __len__(self) -> int:
@@ -222,8 +253,13 @@ class Cpsc2018:
     def iter_records(
         self, on_error: OnError = "raise", skip_log: SkipLog | None = None
     ) -> Iterator[EcgRecord]:
-        """Yields every record in `record_ids` order; bad ones raise or are skipped and logged."""
-        return read_each(self.read, self.record_ids, on_error, skip_log)
+        """Yields every record in `record_ids` order; bad ones raise or are skipped and logged.
+
+        Skips are listed in `skip_log`, by default this dataset's `skip_log`.
+        """
+        return read_each(
+            self.read, self.record_ids, on_error, self.skip_log if skip_log is None else skip_log
+        )
 
 
 def read_cpsc_mat_with_reference(path: str | pathlib.Path) -> EcgRecord:

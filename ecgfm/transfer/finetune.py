@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -344,11 +345,51 @@ class Fit:
 @dataclasses.dataclass(frozen=True)
 class _Compiled:
     mesh: jax.sharding.Mesh
-    shardings: dict[str, Any]
     target: Any
     init: Any
     step: Any
     eval: Any
+
+
+@functools.lru_cache(maxsize=8)
+def _compile(model: str, hparams_json: str, num_classes: int, config: FinetuneConfig) -> _Compiled:
+    """The jitted init/step/eval of one architecture and `config` (fits of `config.steps`).
+
+    Cached, so the pretrained and the scratch model, and every seed, share one compilation.
+    """
+    mesh = sharding.make_mesh(data=-1, fsdp=config.fsdp)
+    for size in (config.batch_size, config.eval_batch_size):
+        if size % mesh.size:
+            raise ValueError(f"batch size {size} is not divisible by {mesh.size} devices")
+    model_config = ConfigDict(
+        {
+            "model": {"name": model, "hparams": json.loads(hparams_json)},
+            "objective": {"name": "supervised", "pos_weight": None},
+        }
+    )
+    objective = make_objective(model_config)
+    optim = ConfigDict(
+        {"b1": 0.9, "b2": 0.999, "weight_decay": config.weight_decay, "clip_norm": config.clip_norm}
+    )
+    schedules = config.schedules(config.steps)
+    tx = make_group_optimizer(optim, schedules)
+    graphdef, abstract, shardings = train.state_shardings(
+        model_config, objective, tx, num_classes, mesh
+    )
+    init = jax.jit(
+        functools.partial(train.init_state, model_config, objective, tx, num_classes),
+        out_shardings=shardings,
+    )
+    step = train.jit_train_step(
+        graphdef, shardings, mesh, objective, tx, schedules["head"], accum_steps=1
+    )
+    evaluate = jax.jit(
+        functools.partial(train.eval_step, graphdef, objective=objective),
+        in_shardings=(shardings, sharding.batch_sharding(mesh)),
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
+    )
+    target = checkpoint.abstract_like(abstract, shardings)
+    return _Compiled(mesh, target, init, step, evaluate)
 
 
 def _host(tree: Any) -> Any:
@@ -385,53 +426,17 @@ class FinetuneMethod:
     config: FinetuneConfig
     init_from: pathlib.Path | None = None
     checkpoint_dir: pathlib.Path | None = None
-    _compiled: dict[int, _Compiled] = dataclasses.field(default_factory=dict, repr=False)
-
-    def _model_config(self) -> ConfigDict:
-        return ConfigDict(
-            {
-                "model": {"name": self.model, "hparams": dict(self.hparams)},
-                "objective": {"name": "supervised", "pos_weight": None},
-            }
-        )
 
     def _compile(self, total_steps: int) -> _Compiled:
-        """The jitted init/step/eval for fits of `total_steps` (the schedules depend on it)."""
-        if total_steps in self._compiled:
-            return self._compiled[total_steps]
-        cfg = self.config
-        mesh = sharding.make_mesh(data=-1, fsdp=cfg.fsdp)
-        for size in (cfg.batch_size, cfg.eval_batch_size):
-            if size % mesh.size:
-                raise ValueError(f"batch size {size} is not divisible by {mesh.size} devices")
-        model_config = self._model_config()
-        objective = make_objective(model_config)
-        optim = ConfigDict(
-            {"b1": 0.9, "b2": 0.999, "weight_decay": cfg.weight_decay, "clip_norm": cfg.clip_norm}
-        )
-        schedules = cfg.schedules(total_steps)
-        tx = make_group_optimizer(optim, schedules)
+        # Only what shapes the compiled functions is in the cache key.
+        key = dataclasses.replace(
+            self.config, steps=total_steps, epochs=None, eval_every=1, patience=None,
+            train_windows="random", seed=0,
+        )  # fmt: skip
         num_classes = self.inputs.labels[TRAIN].shape[1]
-        graphdef, abstract, shardings = train.state_shardings(
-            model_config, objective, tx, num_classes, mesh
+        return _compile(
+            self.model, json.dumps(dict(self.hparams), sort_keys=True), num_classes, key
         )
-        init = jax.jit(
-            functools.partial(train.init_state, model_config, objective, tx, num_classes),
-            out_shardings=shardings,
-        )
-        step = train.jit_train_step(
-            graphdef, shardings, mesh, objective, tx, schedules["head"], accum_steps=1
-        )
-        evaluate = jax.jit(
-            functools.partial(train.eval_step, graphdef, objective=objective),
-            in_shardings=(shardings, sharding.batch_sharding(mesh)),
-            out_shardings=NamedSharding(mesh, PartitionSpec()),
-        )
-        compiled = _Compiled(
-            mesh, shardings, checkpoint.abstract_like(abstract, shardings), init, step, evaluate
-        )
-        self._compiled[total_steps] = compiled
-        return compiled
 
     def _scores(self, compiled: _Compiled, state: Any, windows: EvalWindows) -> np.ndarray:
         """`[N, K]` record scores: window logits aggregated per record."""

@@ -20,7 +20,6 @@ def get_config() -> ConfigDict:
     """CODE-II, 66 classes; larger batch, bf16 compute with fp32 master weights."""
     config = load_config(pathlib.Path(__file__).with_name("code15_resnet.py"))
     config.data.val_fraction = 0.01
-    config.data.split_seed = 0  # patient-level train/validation split
     config.model.hparams.dtype = "bfloat16"
     config.optim.learning_rate = 2e-3
     config.optim.warmup_steps = 2000
