@@ -7,7 +7,8 @@ RSS is per framework); after start-up (compilation, first step, `--warmup-steps`
 alternates the workers in rounds of `--steps` steps, so load from the rest of a shared machine
 hits all of them alike. A round is timed from the first dispatch to `jax.block_until_ready`
 (PyTorch: the last `optimizer.step()`, or `torch.cuda.synchronize()`); the table gives the
-median round's time per step. JAX runs `ecgfm.train.jit_train_step`, the trainer's own step
+median round's time per step and, per framework, the median over rounds of its step time
+divided by JAX's in the same round. JAX runs `ecgfm.train.jit_train_step`, the trainer's own step
 (constant-LR AdamW, no clipping, weight decay on kernels only, BCE over 6 classes); PyTorch
 runs the same model, loss and optimizer (`torch_ribeiro.py`), eager and `torch.compile`d.
 FLOPs per step come from XLA's cost analysis of the compiled step; on an accelerator whose
@@ -250,13 +251,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _row(name: str, info: dict, rounds: list[float], args: argparse.Namespace, ref) -> str:
     steps = [t / args.steps for t in rounds]
     step = statistics.median(steps)
+    # Paired by round: the load of a shared machine drifts, a round's frameworks share it.
+    ratio = statistics.median(t / r for t, r in zip(rounds, ref, strict=True)) if ref else None
     cells = [
         name,
         info["device"],
         f"{info['startup_s']:.1f}",
         f"{step:.3f} ({min(steps):.3f}–{max(steps):.3f})",
         f"{args.batch_size / step:.1f}",
-        f"{step / ref:.2f}×" if ref else "–",
+        f"{ratio:.2f}×" if ratio else "–",
         f"{info['rss'] / 2**30:.2f}",
     ]
     flops, peak = info["flops"], info["peak"]
@@ -319,11 +322,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average (1/5/15 min) at end: {_load()}")
     if flops:
         print(f"FLOPs per train step (XLA cost analysis): {flops / 1e12:.3f} TFLOP")
-    ref = statistics.median(times["jax"]) / args.steps if "jax" in times else None
+    ref = times.get("jax")
     print()
     print(
         "| framework | device | start-up s | s/step median (min–max) | samples/s "
-        "| step time / JAX's | peak RSS GiB | TFLOP/s | MFU (bf16 peak) |"
+        "| step time / JAX's (median of rounds) | peak RSS GiB | TFLOP/s | MFU (bf16 peak) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for framework in workers:

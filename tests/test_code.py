@@ -385,7 +385,7 @@ def test_exam_listed_in_csv_but_in_no_shard_is_named(copy):
     [
         (lambda row: [*row, "extra"], r"line 3: has 16 fields, the header has 15"),
         (lambda row: [*row[:4], "maybe", *row[5:]], r"line 3: label column '1dAVb' has 'maybe'"),
-        (lambda row: ["x12", *row[1:]], r"line 3: exam_id 'x12' is not an integer"),
+        (lambda row: ["x12", *row[1:]], r"line 3: column 'exam_id' has 'x12', not a positive"),
         (lambda row: [row[0], "old", *row[2:]], r"line 3: column 'age' has 'old'"),
     ],
 )

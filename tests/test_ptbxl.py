@@ -424,9 +424,21 @@ def _lengthen(path):
     return path
 
 
-def _invalid_sample(path):
+def _invalid_sample(root):
+    """Rewrites record 2 with WFDB's invalid sample (-32768) at sample 100 of aVL (header kept
+    consistent: wfdb computes the checksums)."""
+    record = wfdb.rdrecord(str(_dat(root).with_suffix("")), physical=False)
+    d_signal = record.d_signal.copy()
+    d_signal[100, 4] = -32768
+    _write_wfdb(_dat(root).with_suffix(""), d_signal, 500)
+    return _dat(root)
+
+
+def _corrupt_bytes(path):
+    """Flips two bytes in the middle of a .dat; its size stays right."""
     data = bytearray(path.read_bytes())
-    data[2 * (12 * 100 + 4) : 2 * (12 * 100 + 4) + 2] = np.int16(-32768).tobytes()
+    data[5000] ^= 0xFF
+    data[5001] ^= 0x0F
     path.write_bytes(bytes(data))
     return path
 
@@ -450,7 +462,12 @@ BAD_FILES = {
         "sampling rate 100",
     ),
     "units": (lambda root: _replace_in_header(root, "/mV", "/uV", 12), "expected mV"),
-    "invalid sample": (lambda root: _invalid_sample(_dat(root)), "non-finite"),
+    "invalid sample": (_invalid_sample, "non-finite samples (NaN/Inf), first at sample 100 of"),
+    # wfdb.rdheader reads a gain that is missing or 0 as 200/mV: 5x too large, no error.
+    "missing gain": (lambda root: _replace_in_header(root, "1000.0(0)/mV", "(0)/mV"), "gain"),
+    "zero gain": (lambda root: _replace_in_header(root, "1000.0(0)/mV", "0(0)/mV"), "gain"),
+    "corrupted bytes": (lambda root: _corrupt_bytes(_dat(root)), "checksum"),
+    "format": (lambda root: _replace_in_header(root, ".dat 16 ", ".dat 212 "), "format '212'"),
 }
 
 
@@ -485,3 +502,80 @@ def test_skip_mode_yields_the_good_records_and_counts_the_bad(broken_root):
     ]
     with pytest.raises(EcgFormatError):
         list(ptbxl.PtbXl(broken_root).iter_records(500))
+
+
+def test_missing_gain_in_the_reviewers_header_is_refused_not_read_5x_too_large(broken_root):
+    # Line 2 of 00001_hr.hea (lead I) with its gain left out: WFDB's default would be 200/mV.
+    path = broken_root / "records500" / "00000" / "00001_hr.hea"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace("1000.0(0)/mV", "(0)/mV")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(EcgFormatError, match=r"line 2: unreadable gain '\(0\)/mV'") as err:
+        ptbxl.PtbXl(broken_root).read(1)
+    assert err.value.path == str(path)
+
+
+def test_skip_mode_keeps_its_own_skip_log_when_none_is_given(head_root):
+    _edit_database(
+        head_root, lambda s: s.replace("{'NORM': 80.0, 'SBRAD': 0.0}", "{'NOPE': 80.0}", 1)
+    )
+    dataset = ptbxl.PtbXl(head_root, on_error="skip")
+    assert len(dataset) == 520 and len(dataset.skip_log) == 1
+    assert "NOPE" in dataset.skip_log.skipped[0][1]
+
+
+def test_iter_records_skips_into_the_datasets_skip_log_by_default(broken_root):
+    _truncate(_dat(broken_root))
+    dataset = ptbxl.PtbXl(broken_root)
+    records = list(dataset.iter_records(500, "skip"))
+    assert [r.record_id for r in records] == ["1", "3"]
+    assert [pathlib.Path(where).name for where, _ in dataset.skip_log.skipped] == ["00002_hr.dat"]
+
+
+def test_on_error_typo_is_refused_before_anything_is_read(head_root):
+    with pytest.raises(ValueError, match="on_error"):
+        ptbxl.PtbXl(head_root, on_error="Skip")
+    with pytest.raises(ValueError, match="on_error"):
+        ptbxl.PtbXl(head_root).iter_records(500, "Skip")
+
+
+def _lines(root):
+    return (root / ptbxl.DATABASE_FILE).read_text().splitlines(keepends=True)
+
+
+def test_malformed_database_row_names_its_line_or_is_skipped(head_root):
+    lines = _lines(head_root)
+    lines[3] = lines[3].rstrip("\n") + ",extra\n"  # ecg_id 3 gets a 29th field
+    (head_root / ptbxl.DATABASE_FILE).write_text("".join(lines))
+    with pytest.raises(EcgFormatError, match="line 4: has 29 fields, the header has 28"):
+        ptbxl.PtbXl(head_root)
+    dataset = ptbxl.PtbXl(head_root, on_error="skip")
+    assert len(dataset) == 520 and 3 not in dataset.record_ids
+    assert dataset.record_ids[:3] == (1, 2, 4)
+    assert len(dataset.skip_log) == 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda line: "x" + line, "line 3: ecg_id 'x2' is not a positive integer"),
+        (lambda line: "1" + line[1:], "line 3: ecg_id 1 repeats line 2"),
+    ],
+)
+def test_bad_or_repeated_ecg_id_names_its_line_or_is_skipped(head_root, edit, problem):
+    lines = _lines(head_root)
+    assert lines[2].startswith("2,")
+    lines[2] = edit(lines[2])
+    (head_root / ptbxl.DATABASE_FILE).write_text("".join(lines))
+    with pytest.raises(EcgFormatError, match=re.escape(problem)):
+        ptbxl.PtbXl(head_root)
+    dataset = ptbxl.PtbXl(head_root, on_error="skip")
+    assert len(dataset) == 520 and dataset.record_ids[:2] == (1, 3)
+    assert problem in dataset.skip_log.skipped[0][1]
+
+
+def test_database_without_ecg_id_column_says_so(head_root):
+    path = _edit_database(head_root, lambda s: s.replace("ecg_id,", "ecg,", 1))
+    with pytest.raises(EcgFormatError, match=r"missing columns \['ecg_id'\]") as err:
+        ptbxl.PtbXl(head_root)
+    assert err.value.path == str(path)

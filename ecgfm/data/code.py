@@ -28,37 +28,47 @@ factor may be 0.5; the authors have not confirmed it, and we follow the Challeng
 CODE-II (66 diagnostic classes whose names are not public yet) is assumed to share this layout,
 with its label columns in `exams.csv`. Label names are never hard-coded: every header column
 that is not in `METADATA_COLUMNS` is a label (or pass `label_columns=`), kept exactly as the
-header spells it.
+header spells it. A column whose first rows are mostly not 0/1/True/False (a date, a site) is
+not taken for a label: opening raises, naming it, rather than failing every row. A metadata
+column holding 0/1 (e.g. `sex`) cannot be told from a label: pass `label_columns=` then.
 
 Fewer leads: a shard whose `tracings` hold 8 leads is read as the 8 independent leads in
-ecg-preprocessing's `reduced_leads` order (DI, DII, V1–V6, what its `generate_h5.py` writes
-without `--use_all_leads`; TNMG's own JSON carries the same eight); III, aVR, aVL and aVF are
-derived and named in `EcgRecord.derived_leads`. Pass `lead_names=` for any other order.
+ecg-preprocessing's `reduced_leads` order (`INDEPENDENT_LEADS`: DI, DII, V1–V6, what its
+`generate_h5.py` writes without `--use_all_leads`; TNMG's own JSON carries the same eight); III,
+aVR, aVL and aVF are derived and named in `EcgRecord.derived_leads`. Pass `lead_names=` for any
+other order.
+
+Scale: CODE-II's `exams.csv` has ~2.7 M rows. It is read once with pandas and checked column by
+column, and kept as compact arrays (labels bit-packed), so that `CodeDataset` pickles into
+data-loader workers as a few arrays instead of re-reading the CSV and the shards.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
-import math
 import pathlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 
 from ecgfm.data.record import (
+    INDEPENDENT_LEADS,
+    MAX_AGE_YEARS,
     EcgFormatError,
     EcgRecord,
     OnError,
     SkipLog,
+    check_on_error,
     check_signal,
     handle_bad_record,
     to_canonical_leads,
 )
+from ecgfm.data.tables import read_csv_header, read_csv_table
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +83,6 @@ DUMMY_EXAM_ID = 0
 CODE_LEADS: tuple[str, ...] = (
     "DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6",
 )  # fmt: skip
-CODE_REDUCED_LEADS: tuple[str, ...] = ("DI", "DII", "V1", "V2", "V3", "V4", "V5", "V6")
 
 # The documented non-label columns of CODE-15%'s exams.csv. Any other column is a label.
 METADATA_COLUMNS: frozenset[str] = frozenset(
@@ -84,77 +93,87 @@ METADATA_COLUMNS: frozenset[str] = frozenset(
 )  # fmt: skip
 # Metadata columns that become EcgRecord fields rather than `metadata` entries.
 _RECORD_COLUMNS = frozenset({"exam_id", "age", "is_male", "patient_id"})
+_NUMBER_COLUMNS = frozenset({"nn_predicted_age", "timey"})
+_BOOLEAN_COLUMNS = frozenset({"death", "normal_ecg"})
 
-_BOOLEAN_TEXT = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
+_BOOLEAN_TEXT = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
+# A label column whose first rows are mostly not 0/1 is a metadata column, not a label.
+_LABEL_CHECK_ROWS = 1000
 _READ_BLOCK_ROWS = 128  # ~25 MB of float32 [128, 4096, 12] per read when iterating a shard
+_SCAN_CHUNK_ROWS = 100_000  # rows per chunk when `read_code_exam` looks for one exam
 
 
-def _parse_bool(text: str) -> bool | None:
-    """True/False/1/0 as booleans, an empty field as None; raises ValueError otherwise."""
-    text = text.strip()
-    if not text:
-        return None
-    value = _BOOLEAN_TEXT.get(text.lower())
-    if value is None:
-        raise ValueError(f"{text!r} is not 0/1/True/False")
-    return value
+@dataclasses.dataclass
+class _TextColumn:
+    """A text column as `[N]` int32 codes into its distinct values (-1 where empty)."""
+
+    codes: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def from_series(cls, column: pd.Series) -> _TextColumn:
+        if column.dtype.kind == "f" and (column.dropna() % 1 == 0).all():
+            column = column.astype("Int64")  # integer ids that pandas read as float (a blank)
+        codes, values = pd.factorize(column)
+        if values.dtype.kind in "iu" or str(values.dtype) == "Int64":
+            return cls(codes.astype(np.int32), values.to_numpy(np.int64))
+        return cls(codes.astype(np.int32), values.astype(str).to_numpy(dtype=str))
+
+    def __getitem__(self, i: int) -> str | None:
+        code = int(self.codes[i])
+        return None if code < 0 else str(self.values[code])
+
+    def take(self, keep: np.ndarray) -> _TextColumn:
+        return _TextColumn(self.codes[keep], self.values)
 
 
-def _parse_float(text: str) -> float | None:
-    text = text.strip()
-    if not text:
-        return None
-    value = float(text)
-    return None if math.isnan(value) else value
+# A metadata column: float64 (NaN unknown), int8 booleans (-1 unknown) or text.
+_Column = np.ndarray | _TextColumn
 
 
-def _parse_text(text: str) -> str | None:
-    return text.strip() or None
-
-
-_METADATA_PARSERS = {
-    "nn_predicted_age": _parse_float,
-    "timey": _parse_float,
-    "death": _parse_bool,
-    "normal_ecg": _parse_bool,
-}
+def _cell(column: _Column, i: int) -> Any:
+    if isinstance(column, _TextColumn):
+        return column[i]
+    if column.dtype == np.int8:
+        return None if column[i] < 0 else bool(column[i])
+    value = float(column[i])
+    return None if np.isnan(value) else value
 
 
 @dataclasses.dataclass
 class _ExamTable:
-    """The rows of `exams.csv`, column by column (cheap to pickle into data-loader workers)."""
+    """The checked rows of `exams.csv` as compact arrays (cheap to pickle into workers)."""
 
     label_names: tuple[str, ...]
     exam_id: np.ndarray  # [N] int64
-    labels: np.ndarray  # [N, K] bool
-    patient_id: np.ndarray  # [N] object: str or None
+    labels_packed: np.ndarray  # [N, ceil(K / 8)] uint8: np.packbits of the [N, K] booleans
     age: np.ndarray  # [N] float64, NaN when unknown
     is_male: np.ndarray  # [N] int8: 1, 0, or -1 when unknown
-    metadata: dict[str, np.ndarray]  # column -> [N] object
-    line: np.ndarray  # [N] int64, line of the row in exams.csv
+    patient_id: _TextColumn
+    metadata: dict[str, _Column]
 
     def take(self, keep: np.ndarray) -> _ExamTable:
         return _ExamTable(
             label_names=self.label_names,
             exam_id=self.exam_id[keep],
-            labels=self.labels[keep],
-            patient_id=self.patient_id[keep],
+            labels_packed=self.labels_packed[keep],
             age=self.age[keep],
             is_male=self.is_male[keep],
-            metadata={name: column[keep] for name, column in self.metadata.items()},
-            line=self.line[keep],
-        )
+            patient_id=self.patient_id.take(keep),
+            metadata={name: column[keep] if isinstance(column, np.ndarray) else column.take(keep)
+                      for name, column in self.metadata.items()},
+        )  # fmt: skip
 
     def record_fields(self, i: int) -> dict[str, Any]:
         """The `EcgRecord` fields that come from row `i` (labels sorted, as records keep them)."""
+        on = np.unpackbits(self.labels_packed[i], count=len(self.label_names))
         age = float(self.age[i])
-        positive = [n for n, on in zip(self.label_names, self.labels[i], strict=True) if on]
         return {
-            "labels": tuple(sorted(positive)),
+            "labels": tuple(sorted(n for n, bit in zip(self.label_names, on, strict=True) if bit)),
             "patient_id": self.patient_id[i],
-            "age": None if math.isnan(age) else age,
+            "age": None if np.isnan(age) else age,
             "sex": {1: "M", 0: "F"}.get(int(self.is_male[i])),
-            "metadata": {name: column[i] for name, column in self.metadata.items()},
+            "metadata": {name: _cell(column, i) for name, column in self.metadata.items()},
         }
 
 
@@ -162,9 +181,6 @@ def _label_columns(
     header: list[str], label_columns: Sequence[str] | None, csv_path: pathlib.Path
 ) -> tuple[str, ...]:
     """The label columns: `label_columns` if given, else every non-metadata header column."""
-    if len(set(header)) != len(header):
-        repeated = sorted({name for name in header if header.count(name) > 1})
-        raise EcgFormatError(csv_path, f"header repeats columns {repeated}")
     if "exam_id" not in header:
         raise EcgFormatError(csv_path, f"header has no exam_id column: {header}")
     if label_columns is None:
@@ -177,148 +193,145 @@ def _label_columns(
     return tuple(label_columns)
 
 
-def _read_exam_table(
+def _text(value: object) -> str:
+    """A cell as the file spelled it, near enough for a message ('' for an empty cell)."""
+    return "" if pd.isna(value) else str(value)
+
+
+def _boolean_column(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """`[N]` int8 1/0 for 0/1/True/False cells, -1 where empty, and a mask of other cells."""
+    if column.dtype == bool:
+        return column.to_numpy(np.int8), np.zeros(len(column), dtype=bool)
+    missing = column.isna().to_numpy()
+    if column.dtype.kind in "iuf":
+        number = column.to_numpy(np.float64)
+        values = np.where(number == 1, 1, np.where(number == 0, 0, -1)).astype(np.int8)
+    else:
+        mapped = column.astype(str).str.strip().str.lower().map(_BOOLEAN_TEXT)
+        values = mapped.fillna(-1).to_numpy(np.int8)
+    return values, (values < 0) & ~missing
+
+
+def _number_column(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """`[N]` float64 (NaN where empty) and a mask of the cells that are not numbers."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+    return values, np.isnan(values) & column.notna().to_numpy()
+
+
+def _exam_table(
+    frame: pd.DataFrame,
+    lines: np.ndarray,
     csv_path: pathlib.Path,
     label_columns: Sequence[str] | None,
     on_error: OnError,
     skip_log: SkipLog | None,
-    only_exam_id: int | None = None,
-) -> _ExamTable:
-    """Reads and checks `exams.csv`; with `only_exam_id`, just that exam's row (or none)."""
+) -> tuple[_ExamTable, np.ndarray]:
+    """Checks the rows of `exams.csv` column by column; returns the good ones and their lines.
+
+    A bad row (exam_id, a label, age, is_male, a typed metadata cell, an exam_id seen on an
+    earlier line) raises naming its line, or is skipped and listed in `skip_log`, one message
+    per row (its first problem), in line order.
+    """
+    header = list(frame.columns)
+    label_names = _label_columns(header, label_columns, csv_path)
+    checks: list[tuple[np.ndarray, Callable[[int], str]]] = []
+
+    def check(bad: np.ndarray, column: str, problem: str, what: str = "column") -> None:
+        cells = frame[column]
+        checks.append((bad, lambda i: f"{what} {column!r} has '{_text(cells.iloc[i])}'{problem}"))
+
+    if frame["exam_id"].dtype.kind in "iu":
+        exam_id = frame["exam_id"].to_numpy(np.int64)
+        check(exam_id <= DUMMY_EXAM_ID, "exam_id", ", not a positive integer")
+    else:
+        number, _ = _number_column(frame["exam_id"])
+        check(~(number > 0) | (number % 1 != 0), "exam_id", ", not a positive integer")
+        exam_id = np.nan_to_num(number, nan=-1).astype(np.int64)
+
+    labels = np.zeros((len(frame), len(label_names)), dtype=bool)
+    for k, name in enumerate(label_names):
+        values, bad = _boolean_column(frame[name])
+        bad |= values < 0  # an empty label cell is not "absent"
+        head = bad[:_LABEL_CHECK_ROWS]
+        if head.size and head.mean() > 0.5:
+            example = _text(frame[name].iloc[int(np.argmax(head))])
+            raise EcgFormatError(
+                csv_path,
+                f"column {name!r} does not hold 0/1 labels ({int(head.sum())} of its first "
+                f"{head.size} rows are not 0/1/True/False, e.g. '{example}'); if it is not a "
+                "label, name the label columns with label_columns=",
+            )
+        check(bad, name, "; expected 0/1/True/False", what="label column")
+        labels[:, k] = values == 1
+
+    age, is_male = np.full(len(frame), np.nan), np.full(len(frame), -1, dtype=np.int8)
+    if "age" in frame:
+        age, bad = _number_column(frame["age"])
+        check(bad | (age < 0) | (age > MAX_AGE_YEARS), "age", ", not an age in years (0-150)")
+    if "is_male" in frame:
+        is_male, bad = _boolean_column(frame["is_male"])
+        check(bad, "is_male", "; expected 0/1/True/False or empty")
+    metadata: dict[str, _Column] = {}
+    for name in header:
+        if name in label_names or name in _RECORD_COLUMNS:
+            continue
+        if name in _NUMBER_COLUMNS:
+            metadata[name], bad = _number_column(frame[name])
+            check(bad, name, ", not a number")
+        elif name in _BOOLEAN_COLUMNS:
+            metadata[name], bad = _boolean_column(frame[name])
+            check(bad, name, "; expected 0/1/True/False or empty")
+        else:
+            metadata[name] = _TextColumn.from_series(frame[name])
+
+    first_problem = np.full(len(frame), -1, dtype=np.int32)
+    for k, (bad, _) in enumerate(checks):
+        first_problem[(first_problem < 0) & bad] = k
+    bad_row = first_problem >= 0
+    # Among the readable rows, an exam_id seen on an earlier line is a repeat.
+    first_line = pd.Series(lines).where(~bad_row).groupby(exam_id).transform("min").to_numpy()
+    repeat = ~bad_row & (first_line != lines)
+    errors = [(int(lines[i]), checks[first_problem[i]][1](i)) for i in np.flatnonzero(bad_row)]
+    errors += [
+        (int(lines[i]), f"exam_id {exam_id[i]} repeats line {int(first_line[i])}")
+        for i in np.flatnonzero(repeat)
+    ]
+    for line, problem in sorted(errors):
+        handle_bad_record(EcgFormatError(csv_path, f"line {line}: {problem}"), on_error, skip_log)
+    table = _ExamTable(
+        label_names=label_names,
+        exam_id=exam_id,
+        labels_packed=np.packbits(labels, axis=1),
+        age=age,
+        is_male=is_male,
+        patient_id=_TextColumn.from_series(
+            frame["patient_id"] if "patient_id" in frame else pd.Series([None] * len(frame))
+        ),
+        metadata=metadata,
+    )
+    keep = ~(bad_row | repeat)
+    return table.take(keep), lines[keep]
+
+
+def _find_exam_rows(csv_path: pathlib.Path, exam_id: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows of `exams.csv` whose exam_id is `exam_id` and their lines, scanning in chunks."""
+    header = read_csv_header(csv_path)
+    if "exam_id" not in header:
+        raise EcgFormatError(csv_path, f"header has no exam_id column: {header}")
+    found = []
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = [name.strip() for name in next(reader, [])]
-            if not header:
-                raise EcgFormatError(csv_path, "is empty (no header)")
-            label_names = _label_columns(header, label_columns, csv_path)
-            columns = _TableBuilder(header, label_names, csv_path)
-            id_column = header.index("exam_id")
-            for fields in reader:
-                if only_exam_id is not None and not _holds_exam(fields, id_column, only_exam_id):
-                    continue
-                try:
-                    columns.add_row(fields, reader.line_num)
-                except EcgFormatError as err:
-                    handle_bad_record(err, on_error, skip_log)
-                if only_exam_id is not None and columns.num_rows:
-                    break
-    except FileNotFoundError as err:
-        raise EcgFormatError(csv_path, "is missing") from err
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise EcgFormatError(csv_path, f"cannot be parsed as CSV: {err}") from err
-    table = columns.build()
-    order = np.argsort(table.exam_id, kind="stable")
-    repeat = np.flatnonzero(table.exam_id[order][1:] == table.exam_id[order][:-1])
-    keep = np.ones(len(order), dtype=bool)
-    for first, again in sorted(
-        zip(order[repeat], order[repeat + 1], strict=True), key=lambda p: p[1]
-    ):
-        line, first_line = int(table.line[again]), int(table.line[first])
-        problem = f"line {line}: exam_id {table.exam_id[again]} repeats line {first_line}"
-        handle_bad_record(EcgFormatError(csv_path, problem), on_error, skip_log)
-        keep[again] = False
-    return table.take(keep)
-
-
-def _holds_exam(fields: list[str], id_column: int, exam_id: int) -> bool:
-    """Whether a CSV row is `exam_id`'s, without checking the rest of the row."""
-    try:
-        return int(fields[id_column]) == exam_id
-    except (IndexError, ValueError):
-        return False
-
-
-class _TableBuilder:
-    """Checks `exams.csv` rows one by one and collects them into an `_ExamTable`."""
-
-    def __init__(self, header: list[str], label_names: tuple[str, ...], csv_path: pathlib.Path):
-        self.header = header
-        self.label_names = label_names
-        self.csv_path = csv_path
-        index = {name: i for i, name in enumerate(header)}
-        self.index = index
-        self.label_index = [index[name] for name in label_names]
-        self.metadata_names = [
-            name for name in header if name not in label_names and name not in _RECORD_COLUMNS
-        ]
-        self.exam_id: list[int] = []
-        self.labels = bytearray()
-        self.patient_id: list[str | None] = []
-        self.age: list[float] = []
-        self.is_male: list[int] = []
-        self.metadata: dict[str, list[Any]] = {name: [] for name in self.metadata_names}
-        self.line: list[int] = []
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.exam_id)
-
-    def _bad(self, line: int, problem: str) -> EcgFormatError:
-        return EcgFormatError(self.csv_path, f"line {line}: {problem}")
-
-    def _cell(self, fields: list[str], line: int, name: str, parse):
-        if name not in self.index:
-            return None
-        text = fields[self.index[name]]
-        try:
-            return parse(text)
-        except ValueError as err:
-            raise self._bad(line, f"column {name!r} has {text!r}: {err}") from err
-
-    def add_row(self, fields: list[str], line: int) -> None:
-        if len(fields) != len(self.header):
-            raise self._bad(line, f"has {len(fields)} fields, the header has {len(self.header)}")
-        text = fields[self.index["exam_id"]].strip()
-        try:
-            exam_id = int(text)
-        except ValueError:
-            raise self._bad(line, f"exam_id {text!r} is not an integer") from None
-        if exam_id <= DUMMY_EXAM_ID:
-            raise self._bad(line, f"exam_id {exam_id} is not a positive integer")
-        labels = []
-        for name, i in zip(self.label_names, self.label_index, strict=True):
-            value = _BOOLEAN_TEXT.get(fields[i].strip().lower())
-            if value is None:
-                raise self._bad(
-                    line, f"label column {name!r} has {fields[i]!r}; expected 0/1/True/False"
-                )
-            labels.append(value)
-        age = self._cell(fields, line, "age", _parse_float)
-        is_male = self._cell(fields, line, "is_male", _parse_bool)
-        patient_id = self._cell(fields, line, "patient_id", _parse_text)
-        metadata = {
-            name: self._cell(fields, line, name, _METADATA_PARSERS.get(name, _parse_text))
-            for name in self.metadata_names
-        }
-        # Appended only once the whole row has passed, so a skipped row leaves no trace.
-        self.exam_id.append(exam_id)
-        self.labels.extend(labels)
-        self.patient_id.append(patient_id)
-        self.age.append(math.nan if age is None else age)
-        self.is_male.append(-1 if is_male is None else int(is_male))
-        for name, value in metadata.items():
-            self.metadata[name].append(value)
-        self.line.append(line)
-
-    def build(self) -> _ExamTable:
-        def objects(values: list[Any]) -> np.ndarray:
-            array = np.empty(len(values), dtype=object)
-            array[:] = values
-            return array
-
-        return _ExamTable(
-            label_names=self.label_names,
-            exam_id=np.asarray(self.exam_id, dtype=np.int64),
-            labels=np.frombuffer(bytes(self.labels), dtype=bool).reshape(
-                self.num_rows, len(self.label_names)
-            ),
-            patient_id=objects(self.patient_id),
-            age=np.asarray(self.age, dtype=np.float64),
-            is_male=np.asarray(self.is_male, dtype=np.int8),
-            metadata={name: objects(values) for name, values in self.metadata.items()},
-            line=np.asarray(self.line, dtype=np.int64),
-        )
+        with pd.read_csv(
+            csv_path, chunksize=_SCAN_CHUNK_ROWS, skip_blank_lines=False, low_memory=False
+        ) as chunks:
+            for chunk in chunks:
+                chunk.columns = header
+                ids = pd.to_numeric(chunk["exam_id"], errors="coerce")
+                found.append(chunk[(ids == exam_id).to_numpy()])
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise EcgFormatError(csv_path, f"cannot be read as CSV: {err}") from err
+    rows = pd.concat(found)
+    # No row was dropped (a malformed one raises), so row k of the file is on line k + 2.
+    return rows.reset_index(drop=True), rows.index.to_numpy() + 2
 
 
 def _shard_lead_names(num_leads: int, lead_names: Sequence[str] | None, path: object):
@@ -331,8 +344,8 @@ def _shard_lead_names(num_leads: int, lead_names: Sequence[str] | None, path: ob
         return tuple(lead_names)
     if num_leads == len(CODE_LEADS):
         return CODE_LEADS
-    if num_leads == len(CODE_REDUCED_LEADS):
-        return CODE_REDUCED_LEADS
+    if num_leads == len(INDEPENDENT_LEADS):
+        return INDEPENDENT_LEADS
     raise EcgFormatError(
         path, f"tracings have {num_leads} leads, expected 12 (or the 8 independent leads)"
     )
@@ -373,7 +386,7 @@ def _shard_contents(
         raise EcgFormatError(path, f"exam_id cannot be read (truncated?): {err}") from err
 
 
-def _unpadded_bounds(tracing_TC: np.ndarray) -> tuple[int, int]:
+def _unpadded_bounds(tracing_TC: np.ndarray) -> tuple[int, int, int]:
     """`start, stop` of the real samples inside a centred zero padding of a `[T, C]` tracing.
 
     A sample counts as padding only where all leads are exactly zero. The padding is symmetric
@@ -381,14 +394,17 @@ def _unpadded_bounds(tracing_TC: np.ndarray) -> tuple[int, int]:
     zero runs is the padding on both sides and any surplus on the other side is the exam's own
     zeros, which are kept. An exam of odd length keeps one zero sample of padding at its end
     (all the lengths known in the releases, 2800, 2934, 4000 and 4096, are even): real samples
-    are never cut. Raises ValueError for an all-zero tracing.
+    are never cut. The third value is that surplus: above 1, the exam has zeros of its own at one
+    end, and if it also has some at the other end, that many samples were taken for padding.
+    Raises ValueError for an all-zero tracing.
     """
     nonzero = np.flatnonzero(np.any(tracing_TC != 0, axis=1))
     if nonzero.size == 0:
         raise ValueError("tracing is all zeros (no signal)")
     num_samples = tracing_TC.shape[0]
-    pad = min(int(nonzero[0]), num_samples - 1 - int(nonzero[-1]))
-    return pad, num_samples - pad
+    before, after = int(nonzero[0]), num_samples - 1 - int(nonzero[-1])
+    pad = min(before, after)
+    return pad, num_samples - pad, abs(before - after)
 
 
 def _tracing_record(
@@ -400,12 +416,20 @@ def _tracing_record(
     row: int,
     fields: dict[str, Any],
 ) -> EcgRecord:
-    """Builds the `EcgRecord` of one stored `[T, C]` tracing (padding removed, in mV)."""
+    """Builds the `EcgRecord` of one stored `[T, C]` tracing (padding removed, in mV).
+
+    `metadata["padding_surplus"]` is `_unpadded_bounds`' surplus; above 1 a warning is logged.
+    """
     where = f"exam {exam_id} (row {row})"
     try:
-        start, stop = _unpadded_bounds(tracing_TC)
+        start, stop, surplus = _unpadded_bounds(tracing_TC)
     except ValueError as err:
         raise EcgFormatError(path, f"{where}: {err}") from None
+    if surplus > 1:
+        log.warning(
+            "%s: %s has zero runs of %d and %d samples at its two ends; only %d taken as padding",
+            path, where, start, start + surplus, start,
+        )  # fmt: skip
     try:
         signal_TC, derived = to_canonical_leads(
             tracing_TC[start:stop] * np.float32(MV_PER_STORED_UNIT), lead_names, path
@@ -419,6 +443,7 @@ def _tracing_record(
         "row": row,
         "num_samples_padded": int(tracing_TC.shape[0]),
         "padding_start": start,
+        "padding_surplus": surplus,
     }
     return EcgRecord(
         signal=signal_TC,
@@ -455,21 +480,15 @@ def _locate(
     exam_ids: np.ndarray, shard_exam_ids: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shard and row of each of `exam_ids` (-1 where no shard has it), and ids stored twice."""
-    stored = np.concatenate([np.zeros(0, np.int64), *shard_exam_ids])
+    stored = pd.Index(np.concatenate([np.zeros(0, np.int64), *shard_exam_ids]))
     shard_of = np.repeat(np.arange(len(shard_exam_ids)), [len(ids) for ids in shard_exam_ids])
-    row_of = np.concatenate(
-        [np.zeros(0, np.int64), *(np.arange(len(ids)) for ids in shard_exam_ids)]
-    )
-    real = np.flatnonzero(stored != DUMMY_EXAM_ID)
-    order = real[np.argsort(stored[real], kind="stable")]
-    sorted_ids = stored[order]
-    repeated = np.unique(sorted_ids[1:][sorted_ids[1:] == sorted_ids[:-1]])
-    shard = np.full(len(exam_ids), -1, dtype=np.int32)
-    row = np.full(len(exam_ids), -1, dtype=np.int64)
-    if order.size:
-        at = np.minimum(np.searchsorted(sorted_ids, exam_ids), order.size - 1)
-        hit = sorted_ids[at] == exam_ids
-        shard[hit], row[hit] = shard_of[order[at[hit]]], row_of[order[at[hit]]]
+    row_of = np.concatenate([np.zeros(0, np.int64), *map(np.arange, map(len, shard_exam_ids))])
+    first = ~stored.duplicated() & (stored != DUMMY_EXAM_ID)
+    repeated = stored[~first & (stored != DUMMY_EXAM_ID)].unique().to_numpy()
+    at = stored[first].get_indexer(exam_ids)
+    found = at >= 0
+    shard = np.where(found, shard_of[first][at], -1).astype(np.int32)
+    row = np.where(found, row_of[first][at], -1).astype(np.int64)
     return shard, row, repeated
 
 
@@ -483,11 +502,16 @@ class CodeDataset:
 
     Opening reads `exams.csv` and each shard's `exam_id` (not the tracings). Bad input raises
     `EcgFormatError` naming the file, or with `on_error="skip"` is left out and listed in
-    `skip_log`: a bad CSV row, a missing/truncated shard or one with the wrong lead count, a
-    shard whose `exam_id` and `tracings` differ in length, an exam listed in the CSV but in no
-    shard. A tracing that is all zeros or holds NaN/Inf is found when it is read.
+    `skip_log` (a new `SkipLog` when None): a bad CSV row, a missing/truncated shard or one with
+    the wrong lead count, a shard whose `exam_id` and `tracings` differ in length, an exam listed
+    in the CSV but in no shard. Exams in a shard but not in the CSV are left out, counted in
+    `num_unlisted_exams` and listed in `skip_log` once per shard (a CSV cut down to a subset is
+    not an error). A tracing that is all zeros or holds NaN/Inf is found when it is read;
+    `num_uneven_padding` counts, in this process, the exams read whose zero runs at the two ends
+    differ by more than a sample (see `_unpadded_bounds`).
 
-    Picklable: the table travels, open HDF5 files do not (workers reopen them lazily).
+    Picklable and cheap to unpickle: the checked table travels as compact arrays (neither the CSV
+    nor the shards are read again); open HDF5 files do not travel (workers reopen them lazily).
     """
 
     def __init__(
@@ -499,16 +523,24 @@ class CodeDataset:
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
+        check_on_error(on_error)
         self.root = pathlib.Path(root)
         self.csv_path = self.root / CSV_NAME
         self.skip_log = SkipLog() if skip_log is None else skip_log
+        self.num_uneven_padding = 0
         self._files: dict[int, h5py.File] = {}
-        table = _read_exam_table(self.csv_path, label_columns, on_error, self.skip_log)
+        frame, lines = read_csv_table(self.csv_path, on_error, self.skip_log)
+        table, lines = _exam_table(
+            frame, lines, self.csv_path, label_columns, on_error, self.skip_log
+        )
+        # Every exam the CSV names, skipped rows included (those are in the skip log already).
+        listed = np.sort(pd.to_numeric(frame.pop("exam_id"), errors="coerce").dropna().to_numpy())
+        del frame
 
         trace_files = table.metadata.get("trace_file")
         shard_paths = set(self.root.glob("exams_part*.hdf5"))
-        if trace_files is not None:
-            shard_paths |= {self.root / name for name in set(trace_files.tolist()) - {None}}
+        if isinstance(trace_files, _TextColumn):
+            shard_paths |= {self.root / name for name in trace_files.values.tolist()}
         self.shard_paths: list[pathlib.Path] = []
         self._lead_names: list[tuple[str, ...]] = []
         self.num_dummy_rows = 0
@@ -533,28 +565,30 @@ class CodeDataset:
         shard_index, row_index, repeated = _locate(table.exam_id, shard_exam_ids)
         keep = (shard_index >= 0) & ~np.isin(table.exam_id, repeated)
         for i in np.flatnonzero(~keep).tolist():
-            exam_id, line = int(table.exam_id[i]), int(table.line[i])
+            exam_id, line = int(table.exam_id[i]), int(lines[i])
             if shard_index[i] >= 0:
                 err = EcgFormatError(
                     self.shard_paths[shard_index[i]],
                     f"exam {exam_id} (line {line} of {CSV_NAME}) is stored in several rows",
                 )
             else:
-                trace_file = None if trace_files is None else trace_files[i]
+                trace_file = trace_files[i] if isinstance(trace_files, _TextColumn) else None
                 err = self._unlocated(exam_id, line, trace_file, bad_shards)
             handle_bad_record(err, on_error, self.skip_log)
-        stored = np.unique(np.concatenate([np.zeros(0, np.int64), *shard_exam_ids]))
-        unlisted = np.setdiff1d(stored[stored != DUMMY_EXAM_ID], table.exam_id)
-        if unlisted.size:
-            log.warning(
-                "%d exams in the shards of %s are not in %s and are left out (e.g. exam %d)",
-                unlisted.size, self.root, CSV_NAME, unlisted[0],
-            )  # fmt: skip
+        self.num_unlisted_exams = 0
+        for path, exam_ids in zip(self.shard_paths, shard_exam_ids, strict=True):
+            stored = exam_ids[exam_ids != DUMMY_EXAM_ID]
+            at = np.minimum(np.searchsorted(listed, stored), max(len(listed) - 1, 0))
+            unlisted = stored[listed[at] != stored] if len(listed) else stored
+            if unlisted.size:
+                self.num_unlisted_exams += int(unlisted.size)
+                self.skip_log.add(
+                    path, f"{unlisted.size} exams (e.g. {unlisted[0]}) are not in {CSV_NAME}"
+                )
         self._table = table.take(keep)
-        self._shard_index = shard_index[keep]
-        self._row_index = row_index[keep]
+        self._shard_index = shard_index[keep].astype(np.int16)
+        self._row_index = row_index[keep].astype(np.int32)
         self._sorted = np.argsort(self._table.exam_id, kind="stable")
-        self._sorted_ids = self._table.exam_id[self._sorted]
 
     def _unlocated(
         self,
@@ -596,8 +630,9 @@ class CodeDataset:
         return ids
 
     def _position(self, exam_id: int) -> int:
-        i = int(np.searchsorted(self._sorted_ids, exam_id))
-        if i == len(self._sorted_ids) or self._sorted_ids[i] != exam_id:
+        ids = self._table.exam_id
+        i = int(np.searchsorted(ids, exam_id, sorter=self._sorted))
+        if i == len(ids) or ids[self._sorted[i]] != exam_id:
             raise KeyError(f"exam {exam_id} is not in {self.root}")
         return int(self._sorted[i])
 
@@ -612,7 +647,7 @@ class CodeDataset:
 
     def _record(self, i: int, tracing_TC: np.ndarray) -> EcgRecord:
         shard = int(self._shard_index[i])
-        return _tracing_record(
+        record = _tracing_record(
             tracing_TC,
             exam_id=int(self._table.exam_id[i]),
             lead_names=self._lead_names[shard],
@@ -620,6 +655,8 @@ class CodeDataset:
             row=int(self._row_index[i]),
             fields=self._table.record_fields(i),
         )
+        self.num_uneven_padding += record.metadata["padding_surplus"] > 1
+        return record
 
     def read(self, exam_id: int) -> EcgRecord:
         """One exam as an `EcgRecord` (`[T, 12]` mV at 400 Hz, padding removed)."""
@@ -637,7 +674,10 @@ class CodeDataset:
         With `on_error="skip"`, a tracing that cannot be read or is all zeros or non-finite is
         left out and listed in `skip_log` (by default this dataset's `skip_log`).
         """
-        skip_log = self.skip_log if skip_log is None else skip_log
+        check_on_error(on_error)
+        return self._iter_records(on_error, self.skip_log if skip_log is None else skip_log)
+
+    def _iter_records(self, on_error: OnError, skip_log: SkipLog) -> Iterator[EcgRecord]:
         for shard in range(len(self.shard_paths)):
             (positions,) = np.nonzero(self._shard_index == shard)
             positions = positions[np.argsort(self._row_index[positions], kind="stable")]
@@ -689,26 +729,27 @@ def read_code_exam(
     """One exam of a CODE shard; labels, patient, age and sex from an `exams.csv` beside it.
 
     Without an `exams.csv` (or when it does not list the exam) the record has no labels and no
-    patient; `metadata["exams_csv"]` names the CSV the fields came from, or is None.
+    patient; `metadata["exams_csv"]` names the CSV the fields came from, or is None. The CSV is
+    scanned in chunks for the exam's row, which is checked as `CodeDataset` checks every row.
     """
     path = pathlib.Path(hdf5_path)
+    if exam_id == DUMMY_EXAM_ID:
+        raise EcgFormatError(path, "exam_id 0 marks the dummy padding row, not an exam")
     with _open_shard(path) as f:
         shard_exam_ids, names = _shard_contents(f, path, lead_names)
-        if exam_id == DUMMY_EXAM_ID:
-            raise EcgFormatError(path, "exam_id 0 marks the dummy padding row, not an exam")
-        (rows,) = np.nonzero(shard_exam_ids == exam_id)
-        if rows.size != 1:
-            problem = "has no exam" if rows.size == 0 else "has several rows for exam"
+        (shard,), (row,), repeated = _locate(np.array([exam_id]), [shard_exam_ids])
+        if shard < 0 or repeated.size:
+            problem = "has no exam" if shard < 0 else "has several rows for exam"
             raise EcgFormatError(path, f"{problem} {exam_id}")
-        row = int(rows[0])
-        tracing_TC = _read_tracing(f["tracings"], row, path)
+        tracing_TC = _read_tracing(f["tracings"], int(row), path)
     csv_path = path.parent / CSV_NAME
     fields: dict[str, Any] = {"metadata": {"exams_csv": None}}
     if csv_path.is_file():
-        table = _read_exam_table(csv_path, label_columns, "raise", None, only_exam_id=exam_id)
+        frame, lines = _find_exam_rows(csv_path, exam_id)
+        table, _ = _exam_table(frame, lines, csv_path, label_columns, "raise", None)
         if len(table.exam_id):
             fields = table.record_fields(0)
             fields["metadata"]["exams_csv"] = str(csv_path)
     return _tracing_record(
-        tracing_TC, exam_id=exam_id, lead_names=names, path=path, row=row, fields=fields
+        tracing_TC, exam_id=exam_id, lead_names=names, path=path, row=int(row), fields=fields
     )

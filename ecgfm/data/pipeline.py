@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from ecgfm.data.preprocessing import center_crop_or_pad, valid_range
-from ecgfm.data.sources import Element, Source
+from ecgfm.data.sources import Element, ScaledCounts, Source
 
 STRING_KEYS = ("record_id", "record_id_b", "patient_id")
 # Read-ahead per process: batches in flight and the threads preparing them (numpy and
@@ -91,16 +91,24 @@ def _pad_into_batch(signals: Sequence[np.ndarray], window: int) -> np.ndarray:
     lengths = {len(s) for s in signals}
     if max(lengths) > window:
         raise ValueError(f"cannot batch signals of {max(lengths)} samples into window {window}")
-    out_BTC = np.zeros((len(signals), window, *np.shape(signals[0])[1:]), np.float32)
+    out_BTC = np.zeros((len(signals), window, *signals[0].shape[1:]), np.float32)
     for row_TC, signal_TC in zip(out_BTC, signals, strict=True):
         start, stop = valid_range(len(signal_TC), window)
-        row_TC[start:stop] = signal_TC
+        if isinstance(signal_TC, ScaledCounts):
+            signal_TC.decode_into(row_TC[start:stop])
+        else:
+            row_TC[start:stop] = signal_TC
     return out_BTC
 
 
-def _read(source: Source, indices: Sequence[int]) -> list[Element]:
-    """Elements of `indices`, in one batched read where the source offers `__getitems__`."""
-    getitems = getattr(source, "__getitems__", None)
+def _read(source: Source, indices: Sequence[int], undecoded: bool = False) -> list[Element]:
+    """Elements of `indices`, in one batched read where the source offers `__getitems__`.
+
+    `undecoded` lets signals stay `ScaledCounts` where the source can (decoded when stacked).
+    """
+    getitems = getattr(source, "getitems_undecoded" if undecoded else "__getitems__", None)
+    if getitems is None:
+        getitems = getattr(source, "__getitems__", None)
     if getitems is not None:
         return [dict(e) for e in getitems(indices)]
     return [dict(source[i]) for i in indices]
@@ -170,7 +178,9 @@ class _TrainBatch:
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = step * self.batch_size
         where = [self.record_index(p) for p in range(first, first + self.batch_size)]
-        elements = _read(self.source, [index for _, index in where])
+        # Without an augmentation, signals may stay int16 counts until copied into the batch.
+        undecoded = self.window is not None and self.augment is None
+        elements = _read(self.source, [index for _, index in where], undecoded)
         for row, (epoch, index) in enumerate(where):
             element = elements[row]
             if self.window is not None or self.augment is not None:
@@ -260,13 +270,17 @@ class _EvalBatch:
         real = [index < len(self.source) for index in indices]
         # Padding repeats record 0 (shape-correct) with its labels and mask zeroed.
         elements = _read(
-            self.source, [index if ok else 0 for index, ok in zip(indices, real, strict=True)]
+            self.source,
+            [index if ok else 0 for index, ok in zip(indices, real, strict=True)],
+            undecoded=self.window is not None,
         )
         for element, ok in zip(elements, real, strict=True):
             if self.window is not None:
                 for key in _signal_keys(element):
-                    if len(element[key]) > self.window:
-                        element[key] = center_crop_or_pad(element[key], self.window)
+                    # The middle window, as `center_crop_or_pad` cuts it; shorter ones are
+                    # centred in zeros when stacked.
+                    start = max(len(element[key]) - self.window, 0) // 2
+                    element[key] = element[key][start : start + self.window]
             element["mask"] = np.float32(ok)
             if not ok:
                 element["labels"] = np.zeros_like(element["labels"])

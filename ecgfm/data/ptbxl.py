@@ -8,7 +8,9 @@ Layout (PhysioNet, Wagner et al. 2020)::
     <root>/records500/NNNNN/NNNNN_hr.{hea,dat}   500 Hz, 5000 samples
 
 Signals are WFDB format 16 (little-endian int16), gain 1000 per mV, 12 leads named
-I, II, III, AVR, AVL, AVF, V1..V6. The six tasks are those of Strodthoff et al. 2021
+I, II, III, AVR, AVL, AVF, V1..V6. Headers are parsed strictly (`ecgfm.data.wfdb_header`, not
+`wfdb.rdheader`, which reads a missing or zero gain as 200/mV) and the samples are checked
+against the header's WFDB checksums. The six tasks are those of Strodthoff et al. 2021
 ("Deep learning for ECG analysis: benchmarks and insights from PTB-XL"), built from
 `scp_statements.csv` as `utils.compute_label_aggregations` of helme/ecg_ptbxl_benchmarking does.
 """
@@ -24,18 +26,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import wfdb
 
 from ecgfm.data.record import (
     EcgFormatError,
     EcgRecord,
     OnError,
     SkipLog,
+    check_on_error,
     check_signal,
     handle_bad_record,
+    parse_age,
     read_each,
     to_canonical_leads,
 )
+from ecgfm.data.tables import read_csv_table
+from ecgfm.data.wfdb_header import digital_to_millivolts, read_wfdb_header
 
 TASKS: tuple[str, ...] = (
     "all", "diagnostic", "subdiagnostic", "superdiagnostic", "form", "rhythm",
@@ -208,15 +213,16 @@ class _Labeller:
         if fold is None or not fold.is_integer() or not 1 <= fold <= NUM_FOLDS:
             raise EcgFormatError(path, f"{where}: strat_fold {row['strat_fold']!r} not in 1..10")
         age = _optional_number(row["age"], "age", where, path)
+        # 300 stands for "over 89": no age in years is known, so none is given.
         age_over_89 = age == MASKED_AGE
+        age = None if age_over_89 else parse_age(age, path, f"{where}: age")
         patient_id = _optional_number(row["patient_id"], "patient_id", where, path)
         return dict(
             record_id=str(ecg_id),
             source="ptbxl",
             labels=_labels_from_map(scp_codes, self.maps["all"]),
             patient_id=None if patient_id is None else str(int(patient_id)),
-            # 300 stands for "over 89": no age in years is known, so none is given.
-            age=None if age_over_89 else age,
+            age=age,
             sex=None if sex is None else _SEX[int(sex)],
             metadata={
                 "strat_fold": int(fold),
@@ -227,18 +233,30 @@ class _Labeller:
         )
 
 
-def _read_database(path: pathlib.Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise EcgFormatError(path, "PTB-XL database file not found")
-    try:
-        database = pd.read_csv(path, index_col="ecg_id")
-    except (ValueError, pd.errors.ParserError) as err:
-        raise EcgFormatError(path, f"unreadable CSV (needs an ecg_id column): {err}") from err
-    missing = [c for c in _REQUIRED_COLUMNS if c not in database.columns]
+def _read_database(path: pathlib.Path, on_error: OnError, skip_log: SkipLog | None) -> pd.DataFrame:
+    """`ptbxl_database.csv` indexed by ecg_id, with its required columns.
+
+    A row with too many fields, an ecg_id that is not a positive integer or one that repeats an
+    earlier row raises `EcgFormatError` naming the line, or with `on_error="skip"` is left out
+    and listed in `skip_log`.
+    """
+    frame, lines = read_csv_table(path, on_error, skip_log)
+    missing = [c for c in ("ecg_id", *_REQUIRED_COLUMNS) if c not in frame.columns]
     if missing:
         raise EcgFormatError(path, f"missing columns {missing}")
-    if database.index.has_duplicates:
-        raise EcgFormatError(path, "repeated ecg_id")
+    ecg_id = pd.to_numeric(frame["ecg_id"], errors="coerce").to_numpy(np.float64)
+    bad_id = ~(ecg_id > 0) | (np.mod(ecg_id, 1) != 0)
+    first_line = pd.Series(lines).groupby(ecg_id).transform("first").to_numpy()
+    repeat = ~bad_id & (first_line != lines)
+    for i in np.flatnonzero(bad_id | repeat).tolist():
+        if bad_id[i]:
+            problem = f"ecg_id {frame['ecg_id'].iloc[i]!r} is not a positive integer"
+        else:
+            problem = f"ecg_id {int(ecg_id[i])} repeats line {int(first_line[i])}"
+        handle_bad_record(EcgFormatError(path, f"line {lines[i]}: {problem}"), on_error, skip_log)
+    keep = ~(bad_id | repeat)
+    database = frame.loc[keep].drop(columns="ecg_id")
+    database.index = pd.Index(ecg_id[keep].astype(np.int64), name="ecg_id")
     return database
 
 
@@ -251,57 +269,43 @@ def _record_name(path: str | os.PathLike) -> pathlib.Path:
 def read_wfdb_signal(record_path: str | os.PathLike, sampling_rate: int) -> np.ndarray:
     """Reads one PTB-XL WFDB record as `[T, 12]` float32 mV in canonical lead order.
 
-    Checks what PTB-XL promises: 12 leads of known names in one format-16 file, units mV,
-    `sampling_rate` Hz, 10 s, a .dat file exactly as long as the header says, and no invalid
-    samples (WFDB's -32768, which reads as NaN). Anything else raises `EcgFormatError`.
+    Checks what PTB-XL promises: a strict header (`read_wfdb_header`: format 16, units mV,
+    positive gains) of 12 leads of known names, `sampling_rate` Hz, 10 s, in one `.dat` file at
+    byte offset 0 exactly as long as the header says, samples that match the header's checksums,
+    and no invalid samples (WFDB's -32768). Anything else raises `EcgFormatError`.
     """
     record = _record_name(record_path)
     header_path = record.parent / f"{record.name}.hea"
-    if not header_path.is_file():
-        raise EcgFormatError(header_path, "WFDB header file not found")
-    try:
-        header = wfdb.rdheader(str(record))
-    except Exception as err:  # wfdb raises assorted types for a malformed header
-        raise EcgFormatError(header_path, f"unreadable WFDB header: {err}") from err
+    header = read_wfdb_header(header_path)
     expected_samples = int(sampling_rate * DURATION_S)
     problems = []
-    if header.record_name != record.name:
-        problems.append(f"record name {header.record_name!r} is not the file name")
-    if header.n_sig != len(PTBXL_LEAD_NAMES):
-        problems.append(f"{header.n_sig} signals, expected {len(PTBXL_LEAD_NAMES)}")
-    if header.fs != sampling_rate:
-        problems.append(f"sampling rate {header.fs} Hz, expected {sampling_rate} Hz")
-    if header.sig_len != expected_samples:
-        problems.append(f"{header.sig_len} samples, expected {expected_samples}")
-    if set(header.fmt or ()) != {"16"}:
-        problems.append(f"formats {header.fmt}, expected WFDB format 16")
-    if {u.lower() for u in header.units or ()} != {"mv"}:
-        problems.append(f"units {header.units}, expected mV")
-    if any(g <= 0 for g in header.adc_gain or ()):
-        problems.append(f"ADC gains {header.adc_gain} must be positive")
-    if len(set(header.file_name or ())) != 1 or any(header.byte_offset or ()):
-        problems.append(f"signal files {header.file_name}: expected one file, no byte offset")
+    if header.num_leads != len(PTBXL_LEAD_NAMES):
+        problems.append(f"{header.num_leads} signals, expected {len(PTBXL_LEAD_NAMES)}")
+    if header.sampling_rate != sampling_rate:
+        problems.append(f"sampling rate {header.sampling_rate:g} Hz, expected {sampling_rate} Hz")
+    if header.num_samples != expected_samples:
+        problems.append(f"{header.num_samples} samples, expected {expected_samples}")
+    if not header.signal_file.endswith(".dat") or header.byte_offset:
+        problems.append(f"signal file {header.signal_file!r}: expected a .dat at byte offset 0")
     if problems:
         raise EcgFormatError(header_path, "; ".join(problems))
-    dat_path = record.parent / header.file_name[0]
+    dat_path = record.parent / header.signal_file
     if not dat_path.is_file():
         raise EcgFormatError(dat_path, "WFDB signal file not found")
     # Format 16 stores 2 bytes per sample; a short file would otherwise be read as shorter or
     # zero-padded, a long one would have its tail dropped.
-    expected_bytes = 2 * header.n_sig * header.sig_len
+    expected_bytes = 2 * header.num_leads * header.num_samples
     actual_bytes = dat_path.stat().st_size
     if actual_bytes != expected_bytes:
         state = "truncated" if actual_bytes < expected_bytes else "longer than its header"
         raise EcgFormatError(
             dat_path,
-            f"{state}: {actual_bytes} bytes, header promises {header.sig_len} samples x "
-            f"{header.n_sig} leads = {expected_bytes} bytes",
+            f"{state}: {actual_bytes} bytes, header promises {header.num_samples} samples x "
+            f"{header.num_leads} leads = {expected_bytes} bytes",
         )
-    try:
-        signal_TC = wfdb.rdrecord(str(record), physical=True).p_signal
-    except Exception as err:  # wfdb raises assorted types for a malformed file
-        raise EcgFormatError(dat_path, f"unreadable WFDB signal: {err}") from err
-    signal_TC, _ = to_canonical_leads(signal_TC, header.sig_name, header_path)
+    digital_TC = np.fromfile(dat_path, dtype="<i2").reshape(header.num_samples, header.num_leads)
+    physical_TC = digital_to_millivolts(digital_TC, header, dat_path)
+    signal_TC, _ = to_canonical_leads(physical_TC, header.lead_names, header_path)
     return check_signal(signal_TC, dat_path)
 
 
@@ -326,9 +330,11 @@ def _make_record(
 class PtbXl:
     """A PTB-XL dataset folder: metadata, the six label tasks, and random access to records.
 
-    Every `scp_codes` cell is parsed and checked on construction; a bad row raises
-    `EcgFormatError` naming the database file and the ecg_id, or with `on_error="skip"` is
-    left out of `record_ids` and counted in `skip_log`. Picklable (plain DataFrames and dicts).
+    Every row is parsed and checked on construction; a bad row (too many fields, a bad or
+    repeated ecg_id, a bad `scp_codes`, sex, age or strat_fold) raises `EcgFormatError` naming
+    the database file and the line or ecg_id, or with `on_error="skip"` is left out of
+    `record_ids` and counted in `skip_log` (a new `SkipLog` when None, also `iter_records`'
+    default). Picklable (plain DataFrames and dicts).
 
     Attributes:
       root: the dataset folder.
@@ -344,11 +350,13 @@ class PtbXl:
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
+        check_on_error(on_error)
+        self.skip_log = SkipLog() if skip_log is None else skip_log
         self.root = pathlib.Path(root)
         self.scp_statements = load_scp_statements(self.root / SCP_STATEMENTS_FILE)
         self.vocabularies = task_vocabularies(self.scp_statements)
         database_path = self.root / DATABASE_FILE
-        database = _read_database(database_path)
+        database = _read_database(database_path, on_error, self.skip_log)
         self._labeller = _Labeller(self.scp_statements, database_path)
         parsed, fields = {}, {}
         for ecg_id, row in zip(database.index, database.to_dict("records"), strict=True):
@@ -356,7 +364,7 @@ class PtbXl:
                 parsed[ecg_id] = self._labeller.scp_codes(ecg_id, row["scp_codes"])
                 fields[ecg_id] = self._labeller.fields(ecg_id, row, parsed[ecg_id])
             except EcgFormatError as err:
-                handle_bad_record(err, on_error, skip_log)
+                handle_bad_record(err, on_error, self.skip_log)
         database = database.loc[list(parsed)].copy()
         database["scp_codes"] = pd.Series(parsed, dtype=object)
         self.database = database
@@ -409,9 +417,15 @@ class PtbXl:
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ) -> Iterator[EcgRecord]:
-        """Every record in file order; a bad one raises, or is skipped and logged."""
+        """Every record in file order; a bad one raises, or is skipped and logged.
+
+        Skips are listed in `skip_log`, by default this dataset's `skip_log`.
+        """
         return read_each(
-            lambda ecg_id: self.read(ecg_id, sampling_rate), self.record_ids, on_error, skip_log
+            lambda ecg_id: self.read(ecg_id, sampling_rate),
+            self.record_ids,
+            on_error,
+            self.skip_log if skip_log is None else skip_log,
         )
 
 
@@ -431,12 +445,10 @@ def read_ptbxl_record(record_path: str | os.PathLike) -> EcgRecord:
         sampling_rate = folder_rates[records_folder.name]
     else:
         header_path = record.parent / f"{record.name}.hea"
-        try:
-            sampling_rate = int(wfdb.rdheader(str(record)).fs)
-        except Exception as err:  # wfdb raises assorted types for a missing/malformed header
-            raise EcgFormatError(header_path, f"unreadable WFDB header: {err}") from err
+        sampling_rate = read_wfdb_header(header_path).sampling_rate
         if sampling_rate not in SAMPLING_RATES:
-            raise EcgFormatError(header_path, f"sampling rate {sampling_rate} Hz, not 100/500")
+            raise EcgFormatError(header_path, f"sampling rate {sampling_rate:g} Hz, not 100/500")
+        sampling_rate = int(sampling_rate)
     signal_TC = read_wfdb_signal(record, sampling_rate)
 
     root = records_folder.parent if records_folder is not None else record.parent
@@ -453,7 +465,7 @@ def read_ptbxl_record(record_path: str | os.PathLike) -> EcgRecord:
             source="ptbxl",
             metadata={"filename": record.relative_to(root).as_posix()},
         )
-    database = _read_database(database_path)
+    database = _read_database(database_path, "raise", None)
     filename = record.relative_to(root).as_posix()
     rows = database[database[FILENAME_COLUMN[sampling_rate]] == filename]
     if len(rows) != 1:

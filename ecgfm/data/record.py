@@ -85,7 +85,7 @@ class EcgRecord:
 
 
 def parse_sex(value: object, path: object, what: str = "sex") -> Sex | None:
-    """"M"/"F" from text as files spell it ("Male", "f"); empty or "Unknown" gives None.
+    """Sex as "M" or "F" from text as files spell it ("Male", "f"); empty or "Unknown" is None.
 
     Anything else raises `EcgFormatError` naming `path` and `what` (the field, e.g. "ECG.sex").
     """

@@ -250,6 +250,37 @@ def decode_signal(signal_TC: np.ndarray, scale: float) -> np.ndarray:
     return np.multiply(signal_TC, np.float32(scale), dtype=np.float32)
 
 
+class ScaledCounts:
+    """A stored signal not yet decoded: `[T, C]` int16 counts and their scale.
+
+    Slicing slices the counts; `decode_into` writes `decode_signal`'s values into a float32
+    array (e.g. a row of a batch), so a batch costs one pass over each signal. `np.asarray`
+    decodes it.
+    """
+
+    def __init__(self, counts_TC: np.ndarray, scale: float):
+        self.counts_TC = counts_TC
+        self.scale = np.float32(scale)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.counts_TC.shape
+
+    def __len__(self) -> int:
+        return len(self.counts_TC)
+
+    def __getitem__(self, rows: slice) -> ScaledCounts:
+        return ScaledCounts(self.counts_TC[rows], self.scale)
+
+    def decode_into(self, out_TC: np.ndarray) -> None:
+        """Writes the float32 values into `out_TC` (same shape)."""
+        np.multiply(self.counts_TC, self.scale, out=out_TC)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        signal_TC = decode_signal(self.counts_TC, self.scale)
+        return signal_TC if dtype is None else signal_TC.astype(dtype, copy=False)
+
+
 class TfdsSource:
     """A split of a dataset built by `ecgfm.data.tfds_builders.prepare_dataset`.
 
@@ -316,7 +347,7 @@ class TfdsSource:
     def __len__(self) -> int:
         return len(self._record_ids)
 
-    def _element(self, serialized: bytes, index: int) -> Element:
+    def _element(self, serialized: bytes, index: int, decode: bool = True) -> Element:
         # Reads the tf.train.Example proto directly: TFDS's generic numpy decoder spends more
         # time walking its feature tree than reading the record. Values are the same bits.
         feature = _example_proto().FromString(serialized).features.feature
@@ -336,9 +367,9 @@ class TfdsSource:
                 f"{self.dataset_dir}: split {self.split!r} row {index} holds {record_id!r}, "
                 f"the index says {self._record_ids[index]!r}: the shards were changed"
             )
-        counts_TC = np.frombuffer(counts, np.int16).reshape(-1, self._num_leads)
+        signal = ScaledCounts(np.frombuffer(counts, np.int16).reshape(-1, self._num_leads), scale)
         return {
-            "signal": decode_signal(counts_TC, scale),
+            "signal": np.asarray(signal) if decode else signal,
             "labels": np.array(labels, np.float32),
             "label_mask": np.array(label_mask, np.float32),
             "record_id": record_id,
@@ -354,6 +385,12 @@ class TfdsSource:
         indices = [int(i) for i in indices]
         records = self._serialized().__getitems__(indices)
         return [self._element(r, i) for r, i in zip(records, indices, strict=True)]
+
+    def getitems_undecoded(self, indices: Sequence[int]) -> list[Element]:
+        """`__getitems__` with each `signal` left as `ScaledCounts`, for batching in one pass."""
+        indices = [int(i) for i in indices]
+        records = self._serialized().__getitems__(indices)
+        return [self._element(r, i, decode=False) for r, i in zip(records, indices, strict=True)]
 
     def example(self, index: int) -> dict[str, Any]:
         """The stored example as TFDS decodes it (all tasks, metadata fields)."""

@@ -628,7 +628,6 @@ def run_finetune(
             **task_record,
             "label_fractions": results["fractions"],
             "seeds": list(seeds),
-            "probe": "not run (fine-tuning study)",
             "finetune": {
                 **config.to_dict(),
                 "model": "encoder + the family's new head (models.build_model), masked BCE",

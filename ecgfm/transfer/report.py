@@ -93,7 +93,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- Records: {data['num_records']}; classes not evaluated (one label value in test): "
         f"{results['classes_not_evaluated'] or 'none'}",
         f"- Windowing: {protocol['windowing']}",
-        f"- Probe: {protocol['probe']}",
+        *(
+            f"- {name.title()}: {protocol[name]}"
+            for name in ("probe", "finetune")
+            if name in protocol
+        ),
         f"- Label fractions {protocol['label_fractions']}, seeds {protocol['seeds']}; "
         f"evaluation: {protocol['evaluation']}",
         f"- Preprocessing: {results['preprocessing_description']} "
