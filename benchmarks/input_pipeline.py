@@ -20,6 +20,7 @@ depend on the machine (shared machines vary by ±15 % and more under load).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import pathlib
 import platform
@@ -139,7 +140,13 @@ def main(argv: list[str]) -> None:
     print(f"\nbatch {BATCH} x [{WINDOW}, 12] float32, {args.num_exams} exams, {samples} samples")
     print(f"per variant per round, {args.rounds} interleaved rounds")
     print(f"command: {sys.executable} benchmarks/input_pipeline.py {' '.join(argv)}")
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores")
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("grain", "array-record", "tensorflow-datasets", "h5py", "numpy")
+    )
+    print(f"python {platform.python_version()}, {versions}")
     loads = [" / ".join(f"{x:.1f}" for x in load) for load in (load_before, load_after)]
     print(f"load average (1 / 5 / 15 min): {loads[0]} before, {loads[1]} after")
     print("\n| pipeline | workers | median samples/s | range | × naive shuffled |")

@@ -272,6 +272,8 @@ def test_gain_and_baseline_give_millivolts(record_copy):
         ("1000.0(0)/mv", "abc/mv", "unreadable gain"),
         ("1000.0(0)/mv", "1000.0(0)/uV", "units 'uV'"),
         ("1000.0(0)/mv", "0(0)/mv", "not positive"),
+        ("1000.0(0)/mv", "(0)/mv", "unreadable gain '(0)/mv'"),
+        ("16x1+24", "16x2+24", "format '16x2+24'"),
         ("16x1+24", "212", "format '212'"),
         ("HR06000 12 500 5000", "HR06000 12 x 5000", "unreadable record line"),
         ("HR06000 12 500 5000", "HR06000 12 500", "lacks"),
@@ -326,7 +328,7 @@ def test_mat_without_header_is_reported(record_copy):
     record_copy.unlink()
     dataset = ChallengeDataset(record_copy.parent)
     assert dataset.record_ids == ("HR06000",)
-    with pytest.raises(EcgFormatError, match="header file is missing"):
+    with pytest.raises(EcgFormatError, match="header file not found"):
         dataset.read("HR06000")
 
 
@@ -348,3 +350,50 @@ def test_synthetic_challenge_copy_matches_the_original_layout(tmp_path):
         assert b.metadata["dataset"] == "cpsc2018"
         # int16 at 1000/mV: within half a digital unit (0.5 µV).
         np.testing.assert_allclose(b.signal, a.signal, atol=0.5e-3 + 1e-7)
+
+
+def test_ptbxl_age_300_gives_no_age_as_the_ptbxl_reader_reads_it(record_copy):
+    # HR records are PTB-XL's, whose ages over 89 are written as 300.
+    _edit_header(record_copy, "# Age: 59", "# Age: 300")
+    record = read_challenge_record(record_copy)
+    assert record.age is None and record.metadata["age_over_89"] is True
+    assert read_challenge_record(record_copy.parent / "HR06000").metadata["dataset"] == "ptbxl"
+    _edit_header(record_copy, "# Age: 300", "# Age: 89")
+    record = read_challenge_record(record_copy)
+    assert record.age == 89.0 and record.metadata["age_over_89"] is False
+
+
+def test_age_300_outside_ptbxl_is_refused_like_cpsc_does(real_data, tmp_path):
+    for suffix in (".hea", ".mat"):
+        shutil.copy(real_data / "cinc2021" / f"E07500{suffix}", tmp_path)
+    header = tmp_path / "E07500.hea"
+    age_line = next(line for line in header.read_text().splitlines() if line.startswith("# Age"))
+    _edit_header(header, age_line, "# Age: 300")
+    with pytest.raises(EcgFormatError, match=r"'# Age:' is '300', not an age in years") as info:
+        read_challenge_record(header)
+    assert info.value.path == str(header)
+    assert "age_over_89" not in read_challenge_record(real_data / "cinc2021" / "E07501").metadata
+
+
+def test_iter_records_skips_into_the_datasets_skip_log_by_default(record_copy):
+    record_copy.with_suffix(".mat").unlink()
+    dataset = ChallengeDataset(record_copy.parent)
+    assert list(dataset.iter_records("skip")) == []
+    assert dataset.skip_log.skipped == [
+        (str(record_copy.with_suffix(".mat")), "signal file is missing")
+    ]
+    with pytest.raises(ValueError, match="on_error"):
+        dataset.iter_records("Skip")
+    with pytest.raises(ValueError, match="on_error"):
+        ChallengeDataset(record_copy.parent, on_error="Skip")
+
+
+def test_record_found_in_two_folders_raises_or_is_skipped(record_copy):
+    other = record_copy.parent / "again"
+    other.mkdir()
+    shutil.copy(record_copy, other)
+    with pytest.raises(EcgFormatError, match="repeats record HR06000"):
+        ChallengeDataset(record_copy.parent)
+    dataset = ChallengeDataset(record_copy.parent, on_error="skip")
+    assert dataset.record_ids == ("HR06000",) and len(dataset.skip_log) == 1
+    assert dataset.read("HR06000").record_id == "HR06000"

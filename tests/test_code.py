@@ -9,6 +9,7 @@ import shutil
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 
 import ecgfm.data.synthetic.code as synthetic_code
@@ -474,3 +475,106 @@ def test_signal_is_in_canonical_lead_order_for_read_code_exam(written):
     root, _ = written
     record = read_code_exam(root / "exams_part0.hdf5", first_exam_of(root, "exams_part0.hdf5"))
     assert record.signal.shape[1] == len(LEADS) and record.sampling_rate == 400.0
+
+
+# --- review fixes: typos, metadata columns, unlisted exams, pickling, uneven padding ----------
+
+
+def test_on_error_typo_is_refused(written):
+    with pytest.raises(ValueError, match="on_error"):
+        CodeDataset(written[0], on_error="Skip")
+    with pytest.raises(ValueError, match="on_error"):
+        CodeDataset(written[0]).iter_records(on_error="Skip")
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_unknown_metadata_column_is_refused_once_not_every_row(copy, on_error):
+    # A CODE-II release with a column we do not know (a date) would otherwise fail every row.
+    header, rows = csv_lists(copy)
+    write_csv(copy, [*header, "recording_date"], [[*row, "2019-03-04"] for row in rows])
+    skip_log = SkipLog()
+    with pytest.raises(EcgFormatError, match=r"column 'recording_date' .*label_columns="):
+        CodeDataset(copy, on_error=on_error, skip_log=skip_log)
+    assert len(skip_log) == 0
+    dataset = CodeDataset(copy, label_columns=CODE15_LABELS)
+    assert dataset.read(int(dataset.exam_ids[0])).metadata["recording_date"] == "2019-03-04"
+
+
+def test_one_bad_label_cell_is_a_row_error_not_a_column_error(copy):
+    header, rows = csv_lists(copy)
+    rows[4][header.index("AF")] = ""
+    write_csv(copy, header, rows)
+    dataset = CodeDataset(copy, on_error="skip")
+    assert len(dataset) == NUM_EXAMS - 1
+    assert dataset.skip_log.skipped[0][1] == (
+        "line 6: label column 'AF' has ''; expected 0/1/True/False"
+    )
+
+
+def test_exams_in_a_shard_but_not_in_the_csv_are_counted_and_listed(copy):
+    header, rows = csv_lists(copy)
+    dropped = [row for row in rows if row[-1] == "exams_part1.hdf5"][:3]
+    write_csv(copy, header, [row for row in rows if row not in dropped])
+    dataset = CodeDataset(copy)
+    assert len(dataset) == NUM_EXAMS - 3 and dataset.num_unlisted_exams == 3
+    assert dataset.skip_log.skipped == [
+        (str(copy / "exams_part1.hdf5"), f"3 exams (e.g. {min(int(r[0]) for r in dropped)}) "
+         "are not in exams.csv"),
+    ]  # fmt: skip
+
+
+def _write_large_folder(root: pathlib.Path, num_exams: int, num_labels: int) -> None:
+    """`exams.csv` with CODE-15%'s columns and `num_labels` labels, one shard of exam ids whose
+    tracings are never written (HDF5 allocates no space for them)."""
+    rng = np.random.default_rng(0)
+    columns = {
+        "exam_id": np.arange(1, num_exams + 1),
+        "age": rng.integers(18, 95, num_exams),
+        "is_male": rng.random(num_exams) < 0.4,
+        "nn_predicted_age": rng.normal(60, 10, num_exams).round(6),
+        **{f"dx{k:02d}": rng.random(num_exams) < 0.05 for k in range(num_labels)},
+        "patient_id": rng.integers(1, num_exams // 2, num_exams),
+        "death": np.where(rng.random(num_exams) < 0.5, "False", ""),
+        "timey": np.where(rng.random(num_exams) < 0.5, 3.25, np.nan),
+        "normal_ecg": rng.random(num_exams) < 0.3,
+        "trace_file": ["exams_part0.hdf5"] * num_exams,
+    }
+    pd.DataFrame(columns).to_csv(root / "exams.csv", index=False)
+    with h5py.File(root / "exams_part0.hdf5", "w") as f:
+        f.create_dataset("exam_id", data=np.append(columns["exam_id"], 0).astype(np.int64))
+        f.create_dataset(
+            "tracings", shape=(num_exams + 1, 4096, 12), dtype=np.float32, chunks=(1, 4096, 12)
+        )
+
+
+def test_pickled_dataset_is_compact_and_unpickles_without_reading_csv_or_shards(
+    tmp_path, monkeypatch
+):
+    # CODE-II: 66 labels, 2.7 M exams. Each exam must cost a grain worker few bytes.
+    num_exams = 4000
+    _write_large_folder(tmp_path, num_exams, num_labels=66)
+    dataset = CodeDataset(tmp_path)
+    blob = pickle.dumps(dataset)
+    assert len(blob) / num_exams < 100  # bytes per exam; the row-by-row table took ~160
+    (tmp_path / "exams.csv").unlink()
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda *args: pytest.fail("read a shard"))
+    again = pickle.loads(blob)
+    assert again.exam_ids.tolist() == list(range(1, num_exams + 1))
+    assert again.label_names == dataset.label_names
+    assert again.patient_id(17) == dataset.patient_id(17) is not None
+
+
+def test_uneven_zero_runs_at_the_ends_are_warned_about_and_counted(tmp_path, caplog):
+    # 2800 samples centred (648 zeros each side), of which the exam's own last 52 are zero.
+    signal = np.random.default_rng(3).normal(size=(2800, 12))
+    signal[-52:] = 0
+    tracings = np.zeros((2, 4096, 12))
+    tracings[0, 648 : 648 + 2800] = signal
+    write_shard(tmp_path / "exams_part0.hdf5", [9, 0], tracings)
+    write_csv(tmp_path, CODE15_HEADER, [csv_row(9, 1)])
+    dataset = CodeDataset(tmp_path)
+    with caplog.at_level("WARNING", logger="ecgfm.data.code"):
+        record = dataset.read(9)
+    np.testing.assert_allclose(record.signal, signal, atol=1e-6)
+    assert record.metadata["padding_surplus"] == 52 and dataset.num_uneven_padding == 1
+    assert "zero runs of 648 and 700 samples" in caplog.text

@@ -249,8 +249,44 @@ def test_skip_mode_counts_a_corrupt_file_and_keeps_the_rest(synthetic_root, tmp_
     records = list(Cpsc2018(root).iter_records(on_error="skip", skip_log=skip_log))
     assert len(records) == 5
     assert skip_log.skipped[0][0] == str(root / "A0002.mat")
-    with pytest.raises(ValueError, match="SkipLog"):
-        list(Cpsc2018(root).iter_records(on_error="skip"))
+    # Without a SkipLog of its own, the dataset's is used.
+    dataset = Cpsc2018(root)
+    assert len(list(dataset.iter_records(on_error="skip"))) == 5
+    assert [where for where, _ in dataset.skip_log.skipped] == [str(root / "A0002.mat")]
+
+
+def test_on_error_typo_is_refused(synthetic_root):
+    with pytest.raises(ValueError, match="on_error"):
+        Cpsc2018(synthetic_root, on_error="Skip")
+    with pytest.raises(ValueError, match="on_error"):
+        Cpsc2018(synthetic_root).iter_records("Skip")
+
+
+def test_bad_reference_row_can_be_skipped_and_its_record_is_left_out(synthetic_root, tmp_path):
+    root = shutil.copytree(synthetic_root, tmp_path / "cpsc")
+    lines = (root / "REFERENCE.csv").read_text().splitlines()
+    assert lines[2].startswith("A0002,")
+    lines[2] = "A0002,12,,"
+    (root / "REFERENCE.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(EcgFormatError, match="line 3"):
+        Cpsc2018(root)
+    dataset = Cpsc2018(root, on_error="skip")
+    assert dataset.record_ids == ("A0001", "A0003", "A0004", "A0005", "A0006")
+    assert len(dataset.skip_log) == 1 and "line 3" in dataset.skip_log.skipped[0][1]
+    assert len(list(dataset.iter_records())) == 5
+    skip_log = SkipLog()
+    assert "A0002" not in read_reference(root / "REFERENCE.csv", "skip", skip_log)
+    assert len(skip_log) == 1
+
+
+@pytest.mark.parametrize(("age", "expected"), [(89, 89.0), (150, 150.0), (200, None)])
+def test_age_above_150_is_refused_as_in_every_reader(tmp_path, age, expected):
+    path = _write_mat(tmp_path / "A0001.mat", age=age, data_CT=np.ones((12, 3000)))
+    if expected is None:
+        with pytest.raises(EcgFormatError, match=r"ECG\.age is 200\.0, not an age in years"):
+            read_cpsc_mat(path)
+    else:
+        assert read_cpsc_mat(path).age == expected
 
 
 def test_unlabelled_folder_reads_real_files_without_reference(real_data):

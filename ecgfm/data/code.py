@@ -68,7 +68,7 @@ from ecgfm.data.record import (
     handle_bad_record,
     to_canonical_leads,
 )
-from ecgfm.data.tables import read_csv_header, read_csv_table
+from ecgfm.data.tables import read_csv_table
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,6 @@ _BOOLEAN_TEXT = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
 # A label column whose first rows are mostly not 0/1 is a metadata column, not a label.
 _LABEL_CHECK_ROWS = 1000
 _READ_BLOCK_ROWS = 128  # ~25 MB of float32 [128, 4096, 12] per read when iterating a shard
-_SCAN_CHUNK_ROWS = 100_000  # rows per chunk when `read_code_exam` looks for one exam
 
 
 @dataclasses.dataclass
@@ -115,7 +114,7 @@ class _TextColumn:
         if column.dtype.kind == "f" and (column.dropna() % 1 == 0).all():
             column = column.astype("Int64")  # integer ids that pandas read as float (a blank)
         codes, values = pd.factorize(column)
-        if values.dtype.kind in "iu" or str(values.dtype) == "Int64":
+        if values.dtype.kind in "iu":
             return cls(codes.astype(np.int32), values.to_numpy(np.int64))
         return cls(codes.astype(np.int32), values.astype(str).to_numpy(dtype=str))
 
@@ -311,27 +310,6 @@ def _exam_table(
     )
     keep = ~(bad_row | repeat)
     return table.take(keep), lines[keep]
-
-
-def _find_exam_rows(csv_path: pathlib.Path, exam_id: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """The rows of `exams.csv` whose exam_id is `exam_id` and their lines, scanning in chunks."""
-    header = read_csv_header(csv_path)
-    if "exam_id" not in header:
-        raise EcgFormatError(csv_path, f"header has no exam_id column: {header}")
-    found = []
-    try:
-        with pd.read_csv(
-            csv_path, chunksize=_SCAN_CHUNK_ROWS, skip_blank_lines=False, low_memory=False
-        ) as chunks:
-            for chunk in chunks:
-                chunk.columns = header
-                ids = pd.to_numeric(chunk["exam_id"], errors="coerce")
-                found.append(chunk[(ids == exam_id).to_numpy()])
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise EcgFormatError(csv_path, f"cannot be read as CSV: {err}") from err
-    rows = pd.concat(found)
-    # No row was dropped (a malformed one raises), so row k of the file is on line k + 2.
-    return rows.reset_index(drop=True), rows.index.to_numpy() + 2
 
 
 def _shard_lead_names(num_leads: int, lead_names: Sequence[str] | None, path: object):
@@ -583,7 +561,7 @@ class CodeDataset:
             if unlisted.size:
                 self.num_unlisted_exams += int(unlisted.size)
                 self.skip_log.add(
-                    path, f"{unlisted.size} exams (e.g. {unlisted[0]}) are not in {CSV_NAME}"
+                    path, f"{unlisted.size} exams (e.g. {unlisted.min()}) are not in {CSV_NAME}"
                 )
         self._table = table.take(keep)
         self._shard_index = shard_index[keep].astype(np.int16)
@@ -729,8 +707,9 @@ def read_code_exam(
     """One exam of a CODE shard; labels, patient, age and sex from an `exams.csv` beside it.
 
     Without an `exams.csv` (or when it does not list the exam) the record has no labels and no
-    patient; `metadata["exams_csv"]` names the CSV the fields came from, or is None. The CSV is
-    scanned in chunks for the exam's row, which is checked as `CodeDataset` checks every row.
+    patient; `metadata["exams_csv"]` names the CSV the fields came from, or is None. The exam's
+    row is checked as `CodeDataset` checks every row (the whole CSV is parsed: use `CodeDataset`
+    for many exams).
     """
     path = pathlib.Path(hdf5_path)
     if exam_id == DUMMY_EXAM_ID:
@@ -745,8 +724,12 @@ def read_code_exam(
     csv_path = path.parent / CSV_NAME
     fields: dict[str, Any] = {"metadata": {"exams_csv": None}}
     if csv_path.is_file():
-        frame, lines = _find_exam_rows(csv_path, exam_id)
-        table, _ = _exam_table(frame, lines, csv_path, label_columns, "raise", None)
+        frame, lines = read_csv_table(csv_path, "raise", None)
+        if "exam_id" not in frame:
+            raise EcgFormatError(csv_path, f"header has no exam_id column: {list(frame)}")
+        rows = (pd.to_numeric(frame["exam_id"], errors="coerce") == exam_id).to_numpy()
+        frame = frame.loc[rows].reset_index(drop=True)
+        table, _ = _exam_table(frame, lines[rows], csv_path, label_columns, "raise", None)
         if len(table.exam_id):
             fields = table.record_fields(0)
             fields["metadata"]["exams_csv"] = str(csv_path)

@@ -32,7 +32,7 @@ def read_csv_table(
     too many fields raises `EcgFormatError`, or with `on_error="skip"` is counted in `skip_log`.
     Assumes no quoted field spans lines. `read_csv` goes to `pd.read_csv`.
     """
-    header = read_csv_header(path)
+    header = _read_header(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", pd.errors.ParserWarning)
         warnings.simplefilter("always", pd.errors.DtypeWarning)
@@ -61,7 +61,7 @@ def read_csv_table(
     return frame.reset_index(drop=True), lines
 
 
-def read_csv_header(path: pathlib.Path) -> list[str]:
+def _read_header(path: pathlib.Path) -> list[str]:
     """The stripped column names of a CSV; a missing file, no header or a repeat raises."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
