@@ -37,6 +37,8 @@ def _format_built_dataset(summary: dict) -> str:
         f"  storage: {summary['storage']}",
         f"  splits: {summary.get('split_plan')}",
     ]
+    if summary.get("skipped_when_opening"):
+        lines.append(f"  skipped while reading the source: {len(summary['skipped_when_opening'])}")
     for split, info in summary["splits"].items():
         lines.append(
             f"  {split:<11} {info['num_records']:>8} records  {info.get('num_patients', 0):>7} "

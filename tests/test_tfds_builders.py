@@ -131,6 +131,18 @@ def test_a_bad_exam_is_skipped_and_reported_by_id(tmp_path):
     assert summary["splits"]["train"]["num_records"] == 7
 
 
+def test_exams_the_reader_skips_while_opening_are_reported_too(tmp_path):
+    src = write_code_dataset(tmp_path / "src", num_exams=8, seed=3)
+    with open(src / "exams.csv") as f:
+        header, first = f.readline(), f.readline()
+    with open(src / "exams.csv", "a") as f:  # an exam listed in the CSV but in no shard
+        f.write("999999999" + first[first.index(",") :])
+    summary = prepare_dataset("code", src, tmp_path / "built", on_error="skip")
+    (skipped,) = summary["skipped_when_opening"]
+    assert "999999999" in skipped["record"] + skipped["reason"]
+    assert sum(split["num_records"] for split in summary["splits"].values()) == 8
+
+
 def test_rerun_after_an_interrupted_build_starts_again(tmp_path):
     src = write_code_dataset(tmp_path / "src", num_exams=6, seed=4)
     leftover = tmp_path / "data" / "code" / "default" / "incomplete.ABC_1.0.0"

@@ -171,9 +171,16 @@ class _TrainBatch:
         return orders[epoch]
 
     def record_index(self, position: int) -> tuple[int, int]:
-        """(epoch, source index) of this process's stream position."""
-        epoch, k = divmod(position, self.per_process)
-        return epoch, int(self._order(epoch)[k * self.process_count + self.process_index])
+        """(epoch, source index) of this process's stream position.
+
+        Process p's rows of global batch s are rows [p·b, (p+1)·b) of the batch a single
+        process would read: the global batch, and so each row's dropout key, does not depend on
+        how many processes read it.
+        """
+        step, row = divmod(position, self.batch_size)
+        stream = (step * self.process_count + self.process_index) * self.batch_size + row
+        epoch, k = divmod(stream, self.per_process * self.process_count)
+        return epoch, int(self._order(epoch)[k])
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = step * self.batch_size

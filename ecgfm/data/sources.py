@@ -181,15 +181,13 @@ class CodeHdf5Source:
         self._patient_ids = tuple(dataset.patient_id(int(r)) or "" for r in self._record_ids)
 
     def _dataset(self):
+        # Pickled with the source: CodeDataset drops its open HDF5 handles and reopens them in
+        # each worker, without parsing exams.csv again.
         if getattr(self, "_reader", None) is None:
             from ecgfm.data.code import CodeDataset
 
             self._reader = CodeDataset(self.root)
         return self._reader
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Open HDF5 handles cannot cross a process boundary; each process reopens its own.
-        return {k: v for k, v in self.__dict__.items() if k != "_reader"}
 
     def __len__(self) -> int:
         return len(self._record_ids)

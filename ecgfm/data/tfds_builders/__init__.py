@@ -122,5 +122,6 @@ def describe_built_dataset(
         "tasks": metadata["tasks"],
         "default_task": metadata["default_task"],
         "split_plan": metadata.get("split_plan"),
+        "skipped_when_opening": metadata.get("skipped_when_opening", []),
         "splits": splits,
     }

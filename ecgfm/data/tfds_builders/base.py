@@ -182,6 +182,10 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         reader = self.open_reader(pathlib.Path(dl_manager.manual_dir))
+        # Rows the reader itself skipped while opening (bad CSV rows, exams without a shard).
+        self.info.metadata[ECGFM_METADATA_KEY]["skipped_when_opening"] = [
+            {"record": where, "reason": why} for where, why in reader.skip_log.skipped
+        ]
         plan = self.plan_splits(reader)
         self.info.metadata[ECGFM_METADATA_KEY]["split_plan"] = plan.how
         # TFDS refuses a split that yields nothing; a small folder may leave one empty.

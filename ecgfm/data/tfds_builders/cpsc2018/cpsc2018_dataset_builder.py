@@ -46,8 +46,8 @@ class Builder(EcgBuilder):
 
     def open_reader(self, root: pathlib.Path) -> Cpsc2018 | ChallengeDataset:
         if self.builder_config.options["layout"] == "challenge":
-            return ChallengeDataset(root)
-        return Cpsc2018(root)
+            return ChallengeDataset(root, on_error=self.builder_config.on_error)
+        return Cpsc2018(root, on_error=self.builder_config.on_error)
 
     def read_record(self, reader: Cpsc2018 | ChallengeDataset, record_id: str) -> EcgRecord:
         record = reader.read(record_id)

@@ -41,7 +41,7 @@ class Builder(EcgBuilder):
     """PTB-XL records with six label tasks, `strat_fold` and patient id."""
 
     def open_reader(self, root: pathlib.Path) -> PtbXl:
-        return PtbXl(root)
+        return PtbXl(root, on_error=self.builder_config.on_error)
 
     def plan_splits(self, reader: PtbXl) -> SplitPlan:
         plan: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
