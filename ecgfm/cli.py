@@ -408,10 +408,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
-        import absl.logging
-
         # Orbax and TFDS log routine notices through absl at WARNING; keep the console for ours.
-        absl.logging.set_verbosity(absl.logging.ERROR)
+        logging.getLogger("absl").setLevel(logging.ERROR)
     if getattr(args, "takes_overrides", False):
         bad = [a for a in unknown if not a.startswith("--config.")]
         if bad:

@@ -134,7 +134,7 @@ def test_a_bad_exam_is_skipped_and_reported_by_id(tmp_path):
 def test_exams_the_reader_skips_while_opening_are_reported_too(tmp_path):
     src = write_code_dataset(tmp_path / "src", num_exams=8, seed=3)
     with open(src / "exams.csv") as f:
-        header, first = f.readline(), f.readline()
+        first = f.readlines()[1]
     with open(src / "exams.csv", "a") as f:  # an exam listed in the CSV but in no shard
         f.write("999999999" + first[first.index(",") :])
     summary = prepare_dataset("code", src, tmp_path / "built", on_error="skip")
