@@ -13,10 +13,7 @@ import logging
 import pathlib
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 from ml_collections import ConfigDict
 
 log = logging.getLogger(__name__)
@@ -228,7 +225,8 @@ def summary_table(rows: list[dict[str, Any]], pretrain: dict[str, float]) -> str
 def plot_summary(rows: list[dict[str, Any]], out_path: pathlib.Path) -> None:
     """Test macro AUROC with 95 % CIs per study and method (all labels used)."""
     full = [r for r in rows if r["fraction"] == 1.0]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(full) + 1.2))
+    fig = Figure()
+    ax = fig.subplots(figsize=(8, 0.45 * len(full) + 1.2))
     for i, row in enumerate(full):
         low, high = row["macro_auroc_ci"] or (row["macro_auroc"],) * 2
         pretrained = row["method"] in ("pretrained", "finetune")
@@ -243,4 +241,3 @@ def plot_summary(rows: list[dict[str, Any]], out_path: pathlib.Path) -> None:
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
-    plt.close(fig)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: files only, no display needed on servers or in CI
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.ticker import MultipleLocator
 
 from ecgfm.data.record import LEADS, EcgRecord
@@ -35,7 +32,7 @@ def plot_12lead(record: EcgRecord, out_path: str | pathlib.Path, *, rhythm_lead:
     rows = len(_LAYOUT) + 1
     height_mv = rows * _ROW_MV
     width_mm, height_mm = total_s * _MM_PER_S, height_mv * _MM_PER_MV
-    fig = plt.figure(figsize=(width_mm / 25.4 + 0.4, height_mm / 25.4 + 0.8), dpi=150)
+    fig = Figure(figsize=(width_mm / 25.4 + 0.4, height_mm / 25.4 + 0.8), dpi=150)
     ax = fig.add_axes((0.02, 0.02, 0.96, 0.9))
     _draw_grid(ax, total_s, height_mv)
 
@@ -72,7 +69,6 @@ def plot_12lead(record: EcgRecord, out_path: str | pathlib.Path, *, rhythm_lead:
     )
     out_path = pathlib.Path(out_path)
     fig.savefig(out_path)
-    plt.close(fig)
     return out_path
 
 

@@ -45,12 +45,14 @@ def kernelspec_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture
-def kernel_env(kernelspec_dir, monkeypatch):
+def kernel_env(kernelspec_dir, monkeypatch, tmp_path):
     """The kernel inherits this environment: find `KERNEL`, and have one CPU device.
 
-    conftest's fake devices are dropped: a notebook user (Colab, a laptop) has one.
+    conftest's fake devices are dropped: a notebook user (Colab, a laptop) has one. The
+    notebooks' `tempfile.mkdtemp()` workdirs land in the test's own temporary folder.
     """
     monkeypatch.setenv("JUPYTER_PATH", str(kernelspec_dir))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
     monkeypatch.setenv("XLA_FLAGS", flags)
 

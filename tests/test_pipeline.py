@@ -92,6 +92,22 @@ def test_two_processes_see_disjoint_halves_whose_union_is_the_epoch():
     assert sorted(first + second) == list(range(NUM_RECORDS))
 
 
+def test_processes_read_contiguous_rows_of_the_single_process_global_batch():
+    def batches(process_index, process_count):
+        iterator = make_train_iterator(
+            make_source(), global_batch_size=4, seed=3, window=10,
+            process_index=process_index, process_count=process_count,
+        )  # fmt: skip
+        return take(iterator, 9)  # crosses an epoch boundary
+
+    whole = batches(0, 1)
+    halves = [batches(p, 2) for p in (0, 1)]
+    for step, batch in enumerate(whole):
+        for key in ("signal", "labels", "record_id"):
+            joined = np.concatenate([halves[0][step][key], halves[1][step][key]])
+            np.testing.assert_array_equal(joined, batch[key])
+
+
 def test_global_batch_must_divide_among_processes():
     with pytest.raises(ValueError, match="multiple of the process count"):
         make_train_iterator(make_source(), global_batch_size=5, seed=0, process_count=2,

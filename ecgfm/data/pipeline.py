@@ -11,10 +11,10 @@ size // process count::
 
 Pair sources (`PatientPairSource`) add `signal_b` (and `record_id_b`).
 
-Training order: epoch e is a permutation of the whole source drawn from (seed, e), the same
-in every process; process p of P takes positions p, p + P, p + 2P, ... of it, so processes
-see disjoint shards whose union is the epoch (N mod P records of each epoch, different ones
-each epoch, are left out so that every process yields the same number of batches). The crop
+Training order: one endless stream, epoch e being a permutation of the whole source drawn
+from (seed, e); global batch s is stream positions [s·B, (s+1)·B), and process p of P reads
+rows [p·b, (p+1)·b) of it. So processes read disjoint shards whose union is the epoch, and
+the global batch (each row's record, crop and dropout key) is the same whatever P is. The crop
 and augmentation of an example draw from a generator seeded by (seed, epoch, record index),
 so they do not depend on the process count, the worker count or where a run was resumed.
 The iterator's `get_state()` / `set_state()` resume exactly, also in a new process.
@@ -153,7 +153,6 @@ class _TrainBatch:
         self.batch_size = batch_size
         self.window = window
         self.augment = augment
-        self.per_process = len(source) // process_count
         self._orders: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -179,7 +178,7 @@ class _TrainBatch:
         """
         step, row = divmod(position, self.batch_size)
         stream = (step * self.process_count + self.process_index) * self.batch_size + row
-        epoch, k = divmod(stream, self.per_process * self.process_count)
+        epoch, k = divmod(stream, len(self.source))
         return epoch, int(self._order(epoch)[k])
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
@@ -244,12 +243,12 @@ def make_train_iterator(
     transform = _TrainBatch(
         source, seed, process_index, process_count, local_batch, window, augment
     )
-    if transform.per_process == 0:
-        raise ValueError(f"source has {len(source)} records, fewer than {process_count} processes")
+    if len(source) == 0:
+        raise ValueError("the source has no records")
     num_batches = (
         sys.maxsize // local_batch
         if num_epochs is None
-        else num_epochs * transform.per_process // local_batch
+        else num_epochs * len(source) // global_batch_size
     )
     return _iterate(grain.MapDataset.range(num_batches).map(transform), worker_count)
 

@@ -12,11 +12,8 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: runs on servers and in CI without a display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 CSV_COLUMNS: tuple[str, ...] = (
     "task", "method", "fraction", "seed", "num_train_records", "l2",
@@ -213,7 +210,8 @@ def plot_roc(
     names = results["class_names"]
     kept = [names.index(n) for n in results["classes_evaluated"]]
     labels = predictions["test_labels_NK"][:, kept]
-    fig, axes = plt.subplots(1, len(full), figsize=(4.5 * len(full), 4.5), squeeze=False)
+    fig = Figure()
+    axes = fig.subplots(1, len(full), figsize=(4.5 * len(full), 4.5), squeeze=False)
     for ax, run in zip(axes[0], full, strict=True):
         scores = predictions[f"{run['method']}/{run['fraction']:g}/{run['seed']}"][:, kept]
         for k, name in enumerate(results["classes_evaluated"]):
@@ -232,12 +230,12 @@ def plot_roc(
     fig.suptitle(f"{results['protocol']['name']} test ROC, {results['checkpoint']['hash'][:12]}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_label_fractions(results: Mapping[str, Any], path: pathlib.Path) -> None:
     """Test macro AUROC against the fraction of training labels, mean ± sd over seeds."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure()
+    ax = fig.subplots(figsize=(5.5, 4))
     for method in dict.fromkeys(s["method"] for s in results["summary"]):
         rows = sorted(
             (s for s in results["summary"] if s["method"] == method), key=lambda s: s["fraction"]
@@ -260,7 +258,6 @@ def plot_label_fractions(results: Mapping[str, Any], path: pathlib.Path) -> None
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def write_report(
