@@ -22,7 +22,7 @@ def test_demo_runs_every_stage_and_writes_one_results_table(tmp_path, capsys):
     for stage in ("pretrain/metrics.jsonl", "encoder/ecgfm_encoder.json", "demo_results.png"):
         assert (tmp_path / stage).is_file(), stage
     rows = json.loads((tmp_path / "demo_results.json").read_text())
-    assert rows == result["rows"]
+    assert rows == json.loads(json.dumps(result["rows"]))
     methods = {(row["study"].split(" · ")[1], row["method"]) for row in rows}
     assert methods == {
         ("probe", "pretrained"),
