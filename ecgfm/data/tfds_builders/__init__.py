@@ -15,6 +15,7 @@ removes the leftover folder and builds again from the start. A finished build is
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -61,7 +62,16 @@ def make_builder(
         on_error=on_error,
         **options,
     )
-    return module.Builder(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
+    # TFDS warns through absl that a config was passed in code, as every ecgfm build does.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return module.Builder(
+            config=config, data_dir=os.fspath(data_dir), file_format="array_record"
+        )
+    finally:
+        absl_logger.setLevel(level)
 
 
 def prepare_dataset(
