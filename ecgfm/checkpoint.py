@@ -4,8 +4,12 @@ A training checkpoint is one Orbax step directory holding two items: `state` (pa
 model state such as batch statistics, optimizer state, step, RNG key — a plain pytree) and
 `data` (each process's grain iterator position as JSON). Saving is asynchronous; Orbax writes
 into a temporary directory and renames it when complete, so a process killed mid-save leaves
-no step behind. A finalized step whose files are damaged fails to restore: we warn, delete it
-and fall back to the previous step.
+no step behind.
+
+Nothing here deletes a checkpoint that failed to restore. A step that fails while an older one
+restores (its files were damaged) is moved to `<directory>/corrupt/<step>` with a warning. When
+steps exist but none restores, the state they hold does not fit this config (say, a changed
+model width): `CheckpointMismatchError` says so and every step stays where it was.
 """
 
 from __future__ import annotations
@@ -18,11 +22,17 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 log = logging.getLogger(__name__)
 
 _STATE, _DATA = "state", "data"
+CORRUPT_DIR = "corrupt"
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A directory holds checkpoints, but none restores onto the state this config builds."""
 
 
 class _IteratorState:
@@ -44,6 +54,29 @@ class _IteratorState:
     def start_prefetch(self) -> None:
         if hasattr(self.iterator, "start_prefetch"):
             self.iterator.start_prefetch()
+
+
+def _restore(
+    manager: ocp.CheckpointManager,
+    step: int,
+    target: Any,
+    data_iterator: Any = None,
+    *,
+    partial: bool = False,
+) -> Any:
+    """The `state` item of `step` laid out as `target` says; repositions `data_iterator`."""
+    if partial:
+        state_args = ocp.args.PyTreeRestore(
+            target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True,
+        )
+    else:
+        state_args = ocp.args.StandardRestore(target)
+    args = {_STATE: state_args}
+    if data_iterator is not None:
+        args[_DATA] = grain.checkpoint.CheckpointRestore(_IteratorState(data_iterator))
+    return manager.restore(step, args=ocp.args.Composite(**args))[_STATE]
 
 
 class Checkpointer:
@@ -73,32 +106,48 @@ class Checkpointer:
         return self._manager.save(step, args=ocp.args.Composite(**args), force=force)
 
     def restore_latest(self, target: Any, data_iterator: Any) -> tuple[Any, int] | None:
-        """(state, step) from the newest step that restores; damaged steps are deleted.
+        """(state, step) from the newest step that restores; None when the directory is empty.
 
         `target` is the state's abstract pytree whose leaves are `jax.ShapeDtypeStruct`s with a
         sharding: the state is laid out on the current mesh whatever mesh saved it. The iterator
-        is repositioned in place. None when no step restores.
+        is repositioned in place. Newer steps that failed are moved to `corrupt/` once an older
+        one has restored; if none restores, raises `CheckpointMismatchError` (from the newest
+        step's error) and moves nothing.
         """
+        failed: list[tuple[int, Exception]] = []
         for step in reversed(self.all_steps()):
             try:
-                state = self._restore(step, target, data_iterator)
-            except Exception as err:
+                state = _restore(self._manager, step, target, data_iterator)
+            except Exception as err:  # Orbax and tensorstore raise many types for bad files
                 log.warning(
-                    "checkpoint step %d in %s does not restore (%s: %s); deleting it and "
-                    "falling back to the previous step",
+                    "checkpoint step %d in %s does not restore (%s: %s); trying an older step",
                     step, self.directory, type(err).__name__, err,
                 )  # fmt: skip
-                self._manager.delete(step)
+                failed.append((step, err))
                 continue
+            for bad_step, _ in failed:
+                self._move_aside(bad_step)
             return state, step
+        if failed:
+            step, err = failed[0]
+            raise CheckpointMismatchError(
+                f"none of the checkpoints in {self.directory} (steps "
+                f"{', '.join(str(s) for s, _ in failed)}) restores onto the state this config "
+                f"builds; the newest, step {step}, fails with {type(err).__name__}: {err}. The "
+                "workdir's checkpoints do not match this config (a changed model, optimizer or "
+                "number of classes?): rerun with the config the run was started with (see "
+                "config.json in the workdir), or train in a new --workdir. Nothing was deleted."
+            ) from err
         return None
 
-    def _restore(self, step: int, target: Any, data_iterator: Any) -> Any:
-        args = {_STATE: ocp.args.StandardRestore(target)}
-        if data_iterator is not None:
-            args[_DATA] = grain.checkpoint.CheckpointRestore(_IteratorState(data_iterator))
-        restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-        return restored[_STATE]
+    def _move_aside(self, step: int) -> None:
+        destination = self.directory / CORRUPT_DIR / str(step)
+        if jax.process_index() == 0:  # the directory is shared: one process moves it
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(destination)
+            log.warning("moved checkpoint step %d that does not restore to %s", step, destination)
+        multihost_utils.sync_global_devices(f"checkpoint step {step} moved aside")
+        self._manager.reload()
 
     def wait_until_finished(self) -> None:
         """Block until the last asynchronous save is on disk."""
@@ -109,17 +158,24 @@ class Checkpointer:
         self._manager.close()
 
 
-def restore_state(path: str | pathlib.Path, target: Any) -> Any:
-    """The `state` item of the newest checkpoint under a workdir's checkpoint directory `path`."""
+def restore_state(path: str | pathlib.Path, target: Any, *, partial: bool = False) -> Any:
+    """The `state` item of the newest checkpoint under a workdir's checkpoint directory `path`.
+
+    With `partial`, `target` may hold a part of the state (e.g. only the encoder's parameters):
+    only those arrays are read.
+    """
     path = pathlib.Path(path).absolute()
-    manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {path}")
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    restored = manager.restore(step, args=args)
-    manager.close()
-    return restored[_STATE]
+    handlers = {_STATE: ocp.PyTreeCheckpointHandler()} if partial else None
+    manager = ocp.CheckpointManager(
+        path, options=ocp.CheckpointManagerOptions(read_only=True), item_handlers=handlers
+    )
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {path}")
+        return _restore(manager, step, target, partial=partial)
+    finally:
+        manager.close()
 
 
 def save_tree(path: str | pathlib.Path, tree: Any) -> None:

@@ -225,8 +225,8 @@ def summary_table(rows: list[dict[str, Any]], pretrain: dict[str, float]) -> str
 def plot_summary(rows: list[dict[str, Any]], out_path: pathlib.Path) -> None:
     """Test macro AUROC with 95 % CIs per study and method (all labels used)."""
     full = [r for r in rows if r["fraction"] == 1.0]
-    fig = Figure()
-    ax = fig.subplots(figsize=(8, 0.45 * len(full) + 1.2))
+    fig = Figure(figsize=(8, 0.45 * len(full) + 1.2))
+    ax = fig.subplots()
     for i, row in enumerate(full):
         low, high = row["macro_auroc_ci"] or (row["macro_auroc"],) * 2
         pretrained = row["method"] in ("pretrained", "finetune")

@@ -25,32 +25,56 @@ SPEC_FILE = "ecgfm_encoder.json"
 FORMAT_VERSION = 1
 
 
-def _replicated_target(tree: Any) -> Any:
-    sharding = NamedSharding(jax.make_mesh((1,), ("data",), devices=jax.devices()[:1]),
-                             PartitionSpec())  # fmt: skip
+def _on_one_device(tree: Any) -> Any:
+    """`tree`'s abstract leaves, all placed whole on this process's first device."""
+    device = jax.local_devices()[0]
+    sharding = NamedSharding(jax.make_mesh((1,), ("data",), devices=[device]), PartitionSpec())
     return checkpoint.abstract_like(tree, jax.tree.map(lambda _: sharding, tree))
 
 
-def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> pathlib.Path:
-    """Write the latest checkpoint's encoder (head dropped) with its spec and model card."""
+def _abstract_encoder(config: ConfigDict, num_classes: int) -> dict[str, Any]:
+    """Abstract `{"params", "model_state"}` of the encoder of the model `config` trains."""
     from ecgfm.objectives import make_objective
-    from ecgfm.optim import make_optimizer
-    from ecgfm.train import CHECKPOINT_DIR, init_state
+
+    objective = make_objective(config)
+    model = nnx.eval_shape(
+        lambda: objective.build_model(config, num_classes, nnx.Rngs(params=0))
+    )
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return {
+        "params": nnx.to_pure_dict(params)["encoder"],
+        "model_state": nnx.to_pure_dict(model_state).get("encoder", {}),
+    }
+
+
+def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> pathlib.Path:
+    """Write the latest checkpoint's encoder (head dropped) with its spec and model card.
+
+    Only the encoder's arrays and the step are read from the checkpoint (not the head or the
+    optimizer's moments), onto this process's first device.
+    """
+    from ecgfm.train import CHECKPOINT_DIR
 
     workdir, out_dir = pathlib.Path(workdir), pathlib.Path(out_dir)
     config = ConfigDict(json.loads((workdir / "config.json").read_text()))
     data_spec = json.loads((workdir / "data_spec.json").read_text())
-    num_classes = len(data_spec["label_names"])
-    objective = make_objective(config)
-    tx, _ = make_optimizer(config.optim, config.train.steps)
-    abstract = jax.eval_shape(
-        lambda key: init_state(config, objective, tx, num_classes, key), jax.random.key(0)
+    encoder = _abstract_encoder(config, len(data_spec["label_names"]))
+    target = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "params": {"encoder": encoder["params"]},
+    }
+    if jax.tree.leaves(encoder["model_state"]):
+        target["model_state"] = {"encoder": encoder["model_state"]}
+    state = checkpoint.restore_state(
+        workdir / CHECKPOINT_DIR, _on_one_device(target), partial=True
     )
-    state = checkpoint.restore_state(workdir / CHECKPOINT_DIR, _replicated_target(abstract))
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_tree(
         out_dir / "encoder",
-        {"params": state["params"]["encoder"], "model_state": state["model_state"]["encoder"]},
+        {
+            "params": state["params"]["encoder"],
+            "model_state": state.get("model_state", {}).get("encoder", encoder["model_state"]),
+        },
     )
     hparams = config.model.get("hparams")
     spec = {
@@ -112,6 +136,13 @@ class Encoder:
             self.preprocessing.check_compatible(signal, sampling_rate)
         if signal.ndim not in (2, 3):
             raise ValueError(f"expected [T, C] or [B, T, C] input, got shape {signal.shape}")
+        if not np.isfinite(signal).all():
+            # NaN in one sample would make the whole embedding NaN, silently.
+            bad = np.argwhere(~np.isfinite(signal))
+            raise ValueError(
+                f"input has {len(bad)} NaN/Inf values (first at index {tuple(bad[0].tolist())}); "
+                "the encoder needs finite millivolts: fill or drop the gaps first"
+            )
         single = signal.ndim == 2
         out = self._run(self.module, jnp.asarray(signal[None] if single else signal))
         return out, single
@@ -140,8 +171,7 @@ def read_spec(path: str | pathlib.Path) -> dict:
     return json.loads(spec_path.read_text())
 
 
-def _restore_encoder(path: pathlib.Path, params: Any, model_state: Any) -> tuple[Any, Any]:
-    target = _replicated_target({"params": params, "model_state": model_state})
+def _restore_encoder(path: pathlib.Path, target: Any) -> tuple[Any, Any]:
     restored = checkpoint.restore_tree(path / "encoder", target)
     return restored["params"], restored["model_state"]
 
@@ -154,22 +184,20 @@ def load_encoder(path: str | pathlib.Path) -> Encoder:
         lambda: models.build_encoder(spec["model"], spec["hparams"], rngs=nnx.Rngs(0))
     )
     graphdef, params, model_state = nnx.split(abstract, nnx.Param, ...)
-    params, model_state = _restore_encoder(
-        path, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
-    )
+    target = {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(model_state)}
+    params, model_state = _restore_encoder(path, _on_one_device(target))
     return Encoder(nnx.merge(graphdef, params, model_state), spec)
 
 
 def read_encoder_state(path: pathlib.Path, params: Any, model_state: Any) -> tuple[Any, Any]:
-    """`params`/`model_state` of a Classifier with the encoder parts read from an export."""
-    enc_params, enc_state = _restore_encoder(
-        path, params["encoder"], model_state.get("encoder", {})
-    )
-    # Place the restored arrays like the ones they replace (the run's mesh, not one device).
-    enc_params = jax.device_put(enc_params, jax.tree.map(lambda x: x.sharding, params["encoder"]))
+    """`params`/`model_state` of a Classifier with the encoder parts read from an export.
+
+    The export is read straight onto the shardings of the arrays it replaces (the run's mesh,
+    every process's devices), so each process reads only the shards it holds.
+    """
+    encoder = {"params": params["encoder"], "model_state": model_state.get("encoder", {})}
+    target = checkpoint.abstract_like(encoder, jax.tree.map(lambda x: x.sharding, encoder))
+    enc_params, enc_state = _restore_encoder(path, target)
     if "encoder" in model_state:
-        enc_state = jax.device_put(
-            enc_state, jax.tree.map(lambda x: x.sharding, model_state["encoder"])
-        )
         model_state = model_state | {"encoder": enc_state}
     return params | {"encoder": enc_params}, model_state

@@ -210,8 +210,8 @@ def plot_roc(
     names = results["class_names"]
     kept = [names.index(n) for n in results["classes_evaluated"]]
     labels = predictions["test_labels_NK"][:, kept]
-    fig = Figure()
-    axes = fig.subplots(1, len(full), figsize=(4.5 * len(full), 4.5), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(full), 4.5))
+    axes = fig.subplots(1, len(full), squeeze=False)
     for ax, run in zip(axes[0], full, strict=True):
         scores = predictions[f"{run['method']}/{run['fraction']:g}/{run['seed']}"][:, kept]
         for k, name in enumerate(results["classes_evaluated"]):
@@ -234,8 +234,8 @@ def plot_roc(
 
 def plot_label_fractions(results: Mapping[str, Any], path: pathlib.Path) -> None:
     """Test macro AUROC against the fraction of training labels, mean ± sd over seeds."""
-    fig = Figure()
-    ax = fig.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))
+    ax = fig.subplots()
     for method in dict.fromkeys(s["method"] for s in results["summary"]):
         rows = sorted(
             (s for s in results["summary"] if s["method"] == method), key=lambda s: s["fraction"]
