@@ -245,7 +245,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     labels = _load_matrix(args.labels, "labels")
     scores = _load_matrix(args.scores, "scores")
-    thresholds = _load_matrix(args.thresholds, "thresholds")[:, 0] if args.thresholds else None
+    thresholds = _load_matrix(args.thresholds, "thresholds").ravel() if args.thresholds else None
     try:
         result = evaluate(
             labels,

@@ -94,7 +94,7 @@ def run_demo(
     pretrain_steps: int = 300,
     num_exams: int = 800,
     num_downstream: int = 400,
-    finetune_steps: int = 150,
+    finetune_steps: int = 250,
     num_bootstrap: int = 500,
 ) -> dict[str, Any]:
     """Runs every stage into `workdir` (reusing what is already there) and prints the results."""
@@ -148,9 +148,15 @@ def run_demo(
         tasks["PTB-XL superdiagnostic"],
         ptbxl_root,
         workdir / "finetune_ptbxl",
-        label_fractions=(1.0,),
+        label_fractions=(0.1, 1.0),
         seeds=(0,),
-        config=FinetuneConfig(steps=finetune_steps),
+        # Head alone first (a probe), then everything; evaluate often enough to stop early.
+        config=FinetuneConfig(
+            steps=finetune_steps,
+            warmup_steps=max(finetune_steps // 10, 1),
+            eval_every=max(finetune_steps // 10, 1),
+            freeze_steps=finetune_steps // 5,
+        ),
         num_bootstrap=num_bootstrap,
     )
 

@@ -37,9 +37,7 @@ def _abstract_encoder(config: ConfigDict, num_classes: int) -> dict[str, Any]:
     from ecgfm.objectives import make_objective
 
     objective = make_objective(config)
-    model = nnx.eval_shape(
-        lambda: objective.build_model(config, num_classes, nnx.Rngs(params=0))
-    )
+    model = nnx.eval_shape(lambda: objective.build_model(config, num_classes, nnx.Rngs(params=0)))
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     return {
         "params": nnx.to_pure_dict(params)["encoder"],
@@ -65,9 +63,7 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
     }
     if jax.tree.leaves(encoder["model_state"]):
         target["model_state"] = {"encoder": encoder["model_state"]}
-    state = checkpoint.restore_state(
-        workdir / CHECKPOINT_DIR, _on_one_device(target), partial=True
-    )
+    state = checkpoint.restore_state(workdir / CHECKPOINT_DIR, _on_one_device(target), partial=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_tree(
         out_dir / "encoder",

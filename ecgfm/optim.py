@@ -5,6 +5,12 @@
 `end_lr_fraction`, `b1`, `b2`, `weight_decay`, `clip_norm` (0 disables), `grad_accum_steps`.
 `make_group_optimizer` gives each top-level parameter group (a Classifier's `encoder` and
 `head`) its own learning-rate schedule: discriminative learning rates for fine-tuning.
+
+Schedules count optimizer updates. Two consequences a config must allow for:
+- "warmup_cosine" starts at 0 (optax's convention): the first update has learning rate 0 and
+  only fills Adam's moments; update u < warmup_steps uses `learning_rate · u / warmup_steps`.
+- With `grad_accum_steps = n`, `train.steps` counts micro-batches but `warmup_steps` counts
+  updates (n micro-batches each): 1,000 warm-up updates take 1,000 · n train steps.
 """
 
 from __future__ import annotations
@@ -17,9 +23,16 @@ import jax.numpy as jnp
 import optax
 from ml_collections import ConfigDict
 
-# Parameters that scale or shift activations (norm scales, biases, embeddings of position/class
-# tokens) are not regularised: decaying them toward zero changes the function, not its capacity.
-_NO_DECAY_NAMES = ("bias", "scale", "pos_embed", "cls_token", "embedding")
+# Weight decay by parameter name (the last key of its path), for every model in ecgfm.models and
+# the objectives' heads. Only weight matrices and convolution kernels are regularised: decaying
+# norm scales, biases and embeddings (position, lead, separator, mask/class tokens) toward zero
+# changes the function rather than limiting its capacity. A name in neither set is an error, so
+# a new kind of parameter is classified on purpose rather than decayed (or not) by accident.
+DECAYED_NAMES = frozenset({"kernel"})
+NOT_DECAYED_NAMES = frozenset(
+    {"bias", "scale", "embedding", "lead_embed", "position_embed", "sep_embed", "mask_token",
+     "cls_token"}
+)  # fmt: skip
 
 
 def make_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
@@ -48,11 +61,24 @@ def make_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
 
 
 def weight_decay_mask(params: Any) -> Any:
-    """True for parameters AdamW should decay: matrices/kernels, not norms, biases or embeddings."""
+    """True for parameters AdamW should decay: kernels, not norms, biases or embeddings.
+
+    Decided by each parameter's name (`DECAYED_NAMES` / `NOT_DECAYED_NAMES`); raises ValueError
+    naming a parameter whose name is in neither.
+    """
 
     def decays(path: tuple, leaf: Any) -> bool:
+        del leaf
         name = str(getattr(path[-1], "key", path[-1])) if path else ""
-        return leaf.ndim > 1 and not any(word in name for word in _NO_DECAY_NAMES)
+        if name in DECAYED_NAMES:
+            return True
+        if name in NOT_DECAYED_NAMES:
+            return False
+        raise ValueError(
+            f"weight decay: parameter {jax.tree_util.keystr(path)} has a name ({name!r}) that "
+            f"ecgfm.optim does not classify; add it to DECAYED_NAMES {sorted(DECAYED_NAMES)} or "
+            f"NOT_DECAYED_NAMES {sorted(NOT_DECAYED_NAMES)}"
+        )
 
     return jax.tree_util.tree_map_with_path(decays, params)
 

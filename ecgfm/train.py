@@ -114,6 +114,27 @@ def eval_step(
     return objective.eval_outputs(model, batch)
 
 
+def _build(
+    config: ConfigDict,
+    objective: Objective,
+    tx: optax.GradientTransformation,
+    num_classes: int,
+    rng: jax.Array,
+) -> tuple[nnx.Module, State]:
+    """The model and a fresh state from `rng`: one definition for `init_state` and shardings."""
+    params_key, step_key = jax.random.split(rng)
+    model = objective.build_model(config, num_classes, nnx.Rngs(params=params_key))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "model_state": nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))),
+        "opt_state": tx.init(params),
+        "rng": step_key,
+    }
+    return model, state
+
+
 def init_state(
     config: ConfigDict,
     objective: Objective,
@@ -122,16 +143,7 @@ def init_state(
     rng: jax.Array,
 ) -> State:
     """A fresh state from `rng` (traced inside `jax.jit` so it is born sharded)."""
-    params_key, step_key = jax.random.split(rng)
-    model = objective.build_model(config, num_classes, nnx.Rngs(params=params_key))
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    return {
-        "step": jnp.zeros((), jnp.int32),
-        "params": params,
-        "model_state": nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))),
-        "opt_state": tx.init(params),
-        "rng": step_key,
-    }
+    return _build(config, objective, tx, num_classes, rng)[1]
 
 
 def state_shardings(
@@ -141,17 +153,18 @@ def state_shardings(
     num_classes: int,
     mesh: jax.sharding.Mesh,
 ) -> tuple[nnx.GraphDef, State, State]:
-    """(graphdef, abstract state, shardings): parameters per their logical axes, the
-    optimizer's moments like their parameters, everything else replicated."""
-    abstract_model = nnx.eval_shape(
-        lambda: objective.build_model(config, num_classes, nnx.Rngs(params=0))
+    """(graphdef, abstract state, shardings), from one abstract trace of the model.
+
+    Parameters and model state (e.g. JEPA's EMA target weights) are laid out per their
+    variables' logical axes (`ecgfm.sharding`), so what carries no axes (batch statistics) is
+    replicated; the optimizer's moments follow their parameters; step and RNG are replicated.
+    """
+    abstract_model, abstract = nnx.eval_shape(
+        functools.partial(_build, config, objective, tx, num_classes), jax.random.key(0)
     )
-    graphdef, abstract_params, _ = nnx.split(abstract_model, nnx.Param, ...)
-    param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_params, mesh))
+    graphdef, params, model_state = nnx.split(abstract_model, nnx.Param, ...)
+    param_shardings = nnx.to_pure_dict(sharding.state_shardings(params, mesh))
     replicated = NamedSharding(mesh, PartitionSpec())
-    abstract = jax.eval_shape(
-        functools.partial(init_state, config, objective, tx, num_classes), jax.random.key(0)
-    )
     opt_shardings = optax.tree_map_params(
         tx,
         lambda _, s: s,
@@ -162,7 +175,7 @@ def state_shardings(
     shardings = {
         "step": replicated,
         "params": param_shardings,
-        "model_state": jax.tree.map(lambda _: replicated, abstract["model_state"]),
+        "model_state": nnx.to_pure_dict(sharding.state_shardings(model_state, mesh)),
         "opt_state": opt_shardings,
         "rng": replicated,
     }
@@ -218,14 +231,45 @@ def _device_fields(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in local_batch.items() if k not in pipeline.STRING_KEYS}
 
 
+# What a preempted run exits with (128 + SIGTERM, as a shell reports a process SIGTERM ended):
+# its last step is checkpointed and rerunning the same command continues it.
+PREEMPTED_EXIT_CODE = 143
+
+
+class Preempted(Exception):
+    """The run stopped early on SIGTERM (preemption) after checkpointing `step`."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+    def __init__(self, step: int, workdir: pathlib.Path):
+        super().__init__(
+            f"preempted at step {step}: checkpointed in {workdir}; rerun the same command to "
+            "continue"
+        )
+        self.step = step
+        self.workdir = workdir
+
+
 class _Preemption:
-    """Turns SIGTERM into a request to checkpoint and stop at the next step boundary."""
+    """While entered, SIGTERM is a request to checkpoint and stop at the next step boundary.
+
+    The previous handler comes back on exit, so a notebook or test process that trained is
+    still terminated by SIGTERM afterwards.
+    """
 
     def __init__(self):
         self.requested = False
         self._multiprocess = jax.process_count() > 1
+        self._previous: Any = None
+
+    def __enter__(self) -> _Preemption:
         if not self._multiprocess:  # with several processes JAX's preemption service listens
-            signal.signal(signal.SIGTERM, self._handle)
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
         del signum, frame
@@ -246,13 +290,15 @@ class _MetricsLog:
         self.path = workdir / METRICS_FILE
         if not self.enabled:
             return
-        if self.path.exists():  # entries past the restored checkpoint are about to be redone
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if self.path.exists():
+            lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+            kept = [line for line in lines if json.loads(line)["step"] <= resume_step]
+            if len(kept) < len(lines):  # logged after the checkpoint resumed from: redone now
+                log.warning(
+                    "dropping %d metrics.jsonl entries past step %d, which is redone",
+                    len(lines) - len(kept), resume_step,
+                )  # fmt: skip
+                self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -267,6 +313,40 @@ class _MetricsLog:
     def close(self) -> None:
         if self.enabled:
             self.writer.close()
+
+
+class _Throughput:
+    """Samples per second between log points, from when each point's metrics reached the host.
+
+    Fetching step s's metrics blocks until the device finished step s, so the time between two
+    fetches is the time the device took for the steps in between. The first step after start
+    (mostly compilation) only starts the first interval; an evaluation restarts it.
+    """
+
+    def __init__(self, global_batch_size: int):
+        self.global_batch_size = global_batch_size
+        self._start: tuple[int, float] | None = None
+
+    def restart(self, step: int) -> None:
+        self._start = (step, time.perf_counter())
+
+    def measure(self, step: int) -> float | None:
+        """Samples per second since the previous point (None for the first); starts a new one."""
+        now = time.perf_counter()
+        rate = None
+        if self._start is not None and step > self._start[0]:
+            steps, seconds = step - self._start[0], now - self._start[1]
+            rate = steps * self.global_batch_size / max(seconds, 1e-9)
+        self._start = (step, now)
+        return rate
+
+
+def _continue_data_at(train_iter: Any, step: int) -> None:
+    """Position a fresh training iterator at global batch `step` (batch s is grain index s)."""
+    position = train_iter.get_state()
+    if "next_index" not in position:
+        raise RuntimeError(f"cannot reposition a data iterator whose state is {position!r}")
+    train_iter.set_state(position | {"next_index": step})
 
 
 def _to_host(tree: Any) -> Any:
@@ -287,7 +367,12 @@ def evaluate(
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
-    """Train per `config` in `workdir` (resuming if it holds a checkpoint); final metrics."""
+    """Train per `config` in `workdir` (resuming if it holds a checkpoint); final metrics.
+
+    Raises `Preempted` (exit code `PREEMPTED_EXIT_CODE`) when SIGTERM stopped the run early,
+    after checkpointing it, and `checkpoint.CheckpointMismatchError` when the workdir holds
+    checkpoints that do not fit this config.
+    """
     workdir = pathlib.Path(workdir).absolute()
     distributed.initialize(config)
     main = distributed.is_main_process()
@@ -315,17 +400,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         process_count=jax.process_count(),
     )
     num_classes = len(train_source.label_names)
-    if main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-        data_spec = {
-            "label_names": list(train_source.label_names),
-            "preprocessing": (
-                train_source.preprocessing.to_dict() if train_source.preprocessing else None
-            ),
-            "num_train_exams": len(train_source),
-            "num_val_exams": len(val_source) if val_source is not None else 0,
-        }
-        (workdir / "data_spec.json").write_text(json.dumps(data_spec, indent=2) + "\n")
 
     # Model, optimizer and where every piece of the state lives.
     objective = make_objective(config)
@@ -346,9 +420,15 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         state, start_step = restored
         log.info("resumed from %s at step %d", checkpointer.directory, start_step)
     elif config.get("resume"):
-        state = checkpoint.restore_state(config.resume, target)
+        resume = pathlib.Path(config.resume)
+        if (resume / CHECKPOINT_DIR).is_dir():  # a workdir rather than its checkpoints/
+            resume = resume / CHECKPOINT_DIR
+        state = checkpoint.restore_state(resume, target)
         start_step = int(_to_host(state["step"]))
-        log.info("resumed from %s at step %d (fresh data order)", config.resume, start_step)
+        # The data stream continues where the resumed run's would have (same seed and batch
+        # size: the batches it would have read next), instead of replaying its first batches.
+        _continue_data_at(train_iter, start_step)
+        log.info("resumed from %s at step %d", resume, start_step)
     else:
         init = functools.partial(init_state, config, objective, tx, num_classes)
         with jax.set_mesh(mesh):
@@ -357,6 +437,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
             state = encoder_init(state, pathlib.Path(config.init_from))
             log.info("encoder initialised from %s", config.init_from)
         start_step = 0
+
+    if main:  # after restoring: a run refused for a changed config leaves them as they were
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        data_spec = {
+            "label_names": list(train_source.label_names),
+            "preprocessing": (
+                train_source.preprocessing.to_dict() if train_source.preprocessing else None
+            ),
+            "num_train_exams": len(train_source),
+            "num_val_exams": len(val_source) if val_source is not None else 0,
+        }
+        (workdir / "data_spec.json").write_text(json.dumps(data_spec, indent=2) + "\n")
 
     step_fn = jit_train_step(graphdef, shardings, mesh, objective, tx, schedule, accum_steps)
     eval_fn = jax.jit(
@@ -377,35 +469,37 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         return {f"val_{k}": v for k, v in metrics.items()}
 
     metrics_log = _MetricsLog(workdir, start_step)
-    preemption = _Preemption()
+    throughput = _Throughput(train_cfg.global_batch_size)
     progress = tqdm.tqdm(
         total=train_cfg.steps, initial=start_step, disable=not main, desc="train", unit="step"
     )
 
-    def fetch(step: int, device_metrics: dict, seconds: float) -> dict[str, float]:
+    def fetch(step: int, device_metrics: dict) -> dict[str, float]:
         metrics = {k: float(v) for k, v in _to_host(device_metrics).items()}
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; stopping")
-        metrics["samples_per_second"] = train_cfg.global_batch_size / max(seconds, 1e-9)
+        if step == start_step + 1:
+            throughput.restart(step)  # the first step's time is mostly compilation
         if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+            rate = throughput.measure(step)
+            if rate is not None:
+                metrics["samples_per_second"] = rate
             metrics_log.write(step, metrics)
         progress.set_postfix(loss=f"{metrics['loss']:.4f}")
         return metrics
 
     final: dict[str, float] = {}
     # Metrics of step s are fetched after step s+1 is dispatched, so the device never idles
-    # waiting for the host; the dispatch interval measures step time in the steady state.
-    pending, saved = None, True
-    step, last_dispatch = start_step, time.perf_counter()
-    with jax.set_mesh(mesh):
+    # waiting for the host.
+    pending, saved, step = None, True, start_step
+    with jax.set_mesh(mesh), _Preemption() as preemption:
         while step < train_cfg.steps:
             batch = distributed.global_batch(_device_fields(next(train_iter)), batch_sharding)
             state, device_metrics = step_fn(state, batch)
             step += 1
-            now = time.perf_counter()
             if pending is not None:
                 final = fetch(*pending)
-            pending, last_dispatch = (step, device_metrics, now - last_dispatch), now
+            pending = (step, device_metrics)
             progress.update(1)
             saved = checkpointer.save(step, state, train_iter)
             if (
@@ -418,7 +512,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
                 val_metrics = run_eval(step)
                 metrics_log.write(step, val_metrics)
                 final = final | val_metrics
-                last_dispatch = time.perf_counter()
+                throughput.restart(step)  # evaluation time is not training throughput
             if preemption.reached(step):
                 log.warning("preempted: checkpointing step %d and exiting", step)
                 break
@@ -430,4 +524,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     checkpointer.wait_until_finished()
     checkpointer.close()
     metrics_log.close()
+    if step < train_cfg.steps:
+        raise Preempted(step, workdir)
     return final

@@ -1,14 +1,21 @@
 """Exported encoders: self-describing, reload to the same embeddings, refuse mismatched input."""
 
+import functools
 import json
+import pathlib
+import shutil
 
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
+from ecgfm import checkpoint, sharding
 from ecgfm.config import load_config
 from ecgfm.export import export_encoder, load_encoder
-from ecgfm.train import train_and_evaluate
+from ecgfm.objectives import make_objective
+from ecgfm.optim import make_optimizer
+from ecgfm.train import encoder_init, init_state, state_shardings, train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +64,88 @@ def test_encoder_refuses_input_against_its_preprocessing(exported, shape, rate, 
     encoder = load_encoder(exported[1])
     with pytest.raises(ValueError, match=message):
         encoder(np.zeros(shape, np.float32), sampling_rate=rate)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_encoder_refuses_non_finite_input(exported, bad):
+    encoder = load_encoder(exported[1])
+    signal = np.zeros((2, 1024, 12), np.float32)
+    signal[1, 500, 3] = bad
+    with pytest.raises(ValueError, match=r"NaN/Inf .*\(1, 500, 3\)"):
+        encoder(signal, sampling_rate=400)
+
+
+def _smoke(workdir, *overrides: str):
+    return load_config(
+        "experiments/configs/smoke.py",
+        ["train.eval_every=0", "data.synthetic_exams=32", f"data.path={workdir / 'data'}",
+         *overrides],
+    )  # fmt: skip
+
+
+def _pure(tree) -> dict:
+    return jax.tree.map(np.asarray, tree)
+
+
+def test_init_from_takes_the_exported_encoder_on_the_run_mesh_and_keeps_a_fresh_head(exported):
+    workdir, out = exported
+    config = _smoke(workdir, f"init_from={out}")
+    objective = make_objective(config)
+    tx, _ = make_optimizer(config.optim, config.train.steps)
+    mesh = sharding.make_mesh(data=4, fsdp=2)  # FSDP splits the kernels: not one device
+    _, _, shardings = state_shardings(config, objective, tx, 6, mesh)
+    init = functools.partial(init_state, config, objective, tx, 6)
+    with jax.set_mesh(mesh):
+        fresh = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+        head = _pure(fresh["params"]["head"])
+        scratch_encoder = _pure(fresh["params"]["encoder"])
+        state = encoder_init(fresh, pathlib.Path(config.init_from))
+
+    exported_model = load_encoder(out).module
+    expected_params = _pure(nnx.to_pure_dict(nnx.state(exported_model, nnx.Param)))
+    expected_stats = _pure(nnx.to_pure_dict(nnx.state(exported_model, nnx.BatchStat)))
+    jax.tree.map(np.testing.assert_array_equal, _pure(state["params"]["encoder"]), expected_params)
+    stats = {k: v for k, v in state["model_state"]["encoder"].items() if k in expected_stats}
+    jax.tree.map(np.testing.assert_array_equal, _pure(stats), expected_stats)
+    assert not np.array_equal(
+        scratch_encoder["stem_conv"]["kernel"], expected_params["stem_conv"]["kernel"]
+    )
+    jax.tree.map(np.testing.assert_array_equal, _pure(state["params"]["head"]), head)
+    # Laid out as the run needs it, not gathered on one device.
+    kernel = state["params"]["encoder"]["units"][0]["conv1"]["kernel"]
+    assert kernel.sharding == shardings["params"]["encoder"]["units"][0]["conv1"]["kernel"]
+    assert len(kernel.sharding.device_set) == 8
+
+
+def test_resume_continues_another_workdirs_run_at_its_step(exported, tmp_path):
+    workdir, _ = exported  # trained 3 steps
+    # Learning rate 0: the parameters after step 4 are those the resumed checkpoint holds.
+    config = _smoke(workdir, "train.steps=4", f"resume={workdir}", "optim.learning_rate=0.0")
+    train_and_evaluate(config, tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4]
+
+    objective = make_objective(config)
+    tx, _ = make_optimizer(config.optim, config.train.steps)
+    mesh = sharding.make_mesh()
+    _, abstract, shardings = state_shardings(config, objective, tx, 6, mesh)
+    target = checkpoint.abstract_like(abstract, shardings)
+    source = checkpoint.restore_state(workdir / "checkpoints", target)
+    resumed = checkpoint.restore_state(tmp_path / "checkpoints", target)
+    assert int(source["step"]) == 3 and int(resumed["step"]) == 4
+    jax.tree.map(np.testing.assert_array_equal, _pure(resumed["params"]), _pure(source["params"]))
+
+
+def test_a_changed_config_on_an_existing_workdir_is_refused_and_nothing_lost(exported, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(exported[0], workdir, ignore=shutil.ignore_patterns("export"))
+    before = {
+        p.relative_to(workdir): p.read_bytes()
+        for p in workdir.rglob("*")
+        if p.is_file() and "data" not in p.parts
+    }
+    config = _smoke(workdir, "train.steps=6", "model.hparams.widths=(8, 16, 32)")
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="do not match this config"):
+        train_and_evaluate(config, workdir)
+    after = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    assert all(after.get(path) == content for path, content in before.items())

@@ -21,7 +21,6 @@ from ecgfm.transfer.finetune import (
     FinetuneMethod,
     prepare_inputs,
     run_finetune,
-    validation_macro_auroc,
 )
 from ecgfm.transfer.metrics import macro_auroc
 
@@ -159,7 +158,9 @@ def test_early_stopping_keeps_the_best_validation_step(exported):
     assert fit.best_step == steps[int(np.argmax(scores))] < fit.steps_run < 24
     assert fit.steps_run == steps[-1] == fit.best_step + 2 * 4  # stopped after 2 without gain
     # The predictions are the best checkpoint's, not the last step's.
-    best = validation_macro_auroc(method.inputs.labels["validation"], fit.validation_scores_NK)
+    best = protocol.validation_macro_auroc(
+        method.inputs.labels["validation"], fit.validation_scores_NK
+    )
     assert best == pytest.approx(max(scores)) and best > scores[-1]
 
 

@@ -17,9 +17,6 @@ TRAIN = (
 OVERRIDES = [
     "train.steps=6", "train.checkpoint_every=3", "train.eval_every=6",
     "data.synthetic_exams=48",
-    # Processes interleave their rows of a global batch, so with dropout a mask would fall on
-    # different exams than in one process; without it the two runs compute the same function.
-    "model.hparams.dropout=0.0",
 ]  # fmt: skip
 
 
@@ -54,13 +51,21 @@ def _metrics(workdir: pathlib.Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_train_the_same_model_as_one(tmp_path):
-    single, multi = tmp_path / "single", tmp_path / "multi"
-    _wait([_launch(single, 4, [])])
-    multi.mkdir()
-    os.symlink(single / "data", multi / "data")
+    """Dropout on, and initialised from an exported encoder (each process reads its shards)."""
+    from ecgfm.config import load_config
+    from ecgfm.export import export_encoder
+    from ecgfm.train import train_and_evaluate
+
+    single, multi, source = tmp_path / "single", tmp_path / "multi", tmp_path / "source"
+    data = f"data.path={tmp_path / 'data'}"
+    train_and_evaluate(
+        load_config("experiments/configs/smoke.py", [*OVERRIDES, data, "train.steps=1"]), source
+    )
+    init_from = [data, f"init_from={export_encoder(source, tmp_path / 'export')}"]
+    _wait([_launch(single, 4, init_from)])
     address = f"127.0.0.1:{_free_port()}"
     _wait([
-        _launch(multi, 2, [f"distributed.coordinator_address={address}",
+        _launch(multi, 2, [*init_from, f"distributed.coordinator_address={address}",
                            "distributed.num_processes=2", f"distributed.process_id={i}"])
         for i in range(2)
     ])  # fmt: skip

@@ -1,10 +1,13 @@
 """Optimizer: schedules reach their documented values; norms and biases are not decayed."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from ml_collections import ConfigDict
 
+from ecgfm import models
 from ecgfm.optim import make_optimizer, make_schedule, weight_decay_mask
 
 
@@ -18,7 +21,7 @@ def _optim(**overrides) -> ConfigDict:
 
 def test_warmup_cosine_rises_linearly_then_decays_to_the_end_fraction():
     schedule = make_schedule(_optim(), total_steps=100)
-    assert float(schedule(0)) == 0.0
+    assert float(schedule(0)) == 0.0  # documented: the first update only fills Adam's moments
     assert float(schedule(5)) == pytest.approx(5e-3)
     assert float(schedule(10)) == pytest.approx(1e-2)
     # Halfway through the cosine part: (peak + end) / 2.
@@ -52,6 +55,38 @@ def test_decay_mask_spares_biases_and_norm_scales():
     }
 
 
+def _decay_by_kind(family: str) -> dict[str, set[bool]]:
+    model = nnx.eval_shape(lambda: models.build_model(family, None, 5, nnx.Rngs(0)))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    decided: dict[str, set[bool]] = {}
+    for path, decays in jax.tree_util.tree_flatten_with_path(weight_decay_mask(params))[0]:
+        names = [str(getattr(k, "key", k)) for k in path]
+        if names[-1] in ("lead_embed", "position_embed", "sep_embed"):
+            kind = "embedding"
+        elif names[-1] == "kernel":
+            kind = "kernel"
+        else:
+            assert names[-1] in ("scale", "bias"), names  # norms' scales, all biases
+            kind = "scale_or_bias"
+        decided.setdefault(kind, set()).add(bool(decays))
+    return decided
+
+
+@pytest.mark.parametrize("family", ["ribeiro_resnet", "xresnet1d", "vit1d"])
+def test_decay_mask_on_the_real_models_decays_kernels_only(family):
+    decided = _decay_by_kind(family)
+    assert decided.pop("kernel") == {True}
+    assert decided.pop("scale_or_bias") == {False}
+    if family == "vit1d":  # the learned position and lead tables are embeddings
+        assert decided.pop("embedding") == {False}
+    assert not decided
+
+
+def test_decay_mask_refuses_a_parameter_it_cannot_classify():
+    with pytest.raises(ValueError, match="'w'"):
+        weight_decay_mask({"layer": {"w": jnp.ones((2, 2))}})
+
+
 def test_adamw_decays_kernels_but_not_biases_with_zero_gradient():
     tx, _ = make_optimizer(_optim(schedule="constant", weight_decay=0.5), total_steps=10)
     params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
@@ -67,11 +102,11 @@ def test_gradient_accumulation_applies_the_mean_every_k_steps():
     tx, _ = make_optimizer(
         _optim(schedule="constant", weight_decay=0.0, grad_accum_steps=k), total_steps=30
     )
-    params = {"w": jnp.zeros(2)}
+    params = {"kernel": jnp.zeros(2)}
     state = tx.init(params)
     for i in range(k):
-        updates, state = tx.update({"w": jnp.full(2, float(i + 1))}, state, params)
+        updates, state = tx.update({"kernel": jnp.full(2, float(i + 1))}, state, params)
         if i < k - 1:
-            np.testing.assert_array_equal(updates["w"], np.zeros(2))
+            np.testing.assert_array_equal(updates["kernel"], np.zeros(2))
     # First Adam step of a constant gradient moves every coordinate by -lr.
-    np.testing.assert_allclose(updates["w"], [-1e-2, -1e-2], rtol=1e-4)
+    np.testing.assert_allclose(updates["kernel"], [-1e-2, -1e-2], rtol=1e-4)

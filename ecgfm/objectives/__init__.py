@@ -50,8 +50,16 @@ OBJECTIVES: dict[str, Any] = {
 
 
 def make_objective(config: ConfigDict) -> Objective:
-    """The objective named by `config.objective.name`, built from `config.objective`."""
+    """The objective named by `config.objective.name`, built from `config.objective`.
+
+    JEPA also gets `config.optim.grad_accum_steps` (1 when absent): its EMA target moves once
+    per micro-batch, so it needs their number per optimizer step.
+    """
     name = config.objective.name
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
+    if name == "jepa":
+        optim = config.get("optim") or ConfigDict()
+        accum_steps = max(int(optim.get("grad_accum_steps", 1)), 1)
+        return JepaObjective(config.objective, accum_steps=accum_steps)
     return OBJECTIVES[name](config.objective)

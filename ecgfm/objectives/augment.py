@@ -139,17 +139,27 @@ def baseline_wander(
 
 
 def powerline_noise(
-    max_amplitude_mv: float = 0.1, powerline_hz: float = 50.0, sampling_rate: float = 400.0
+    max_amplitude_mv: float = 0.1,
+    powerline_hz: float | Sequence[float] = (50.0, 60.0),
+    sampling_rate: float = 400.0,
 ) -> Augmentation:
-    """Adds mains hum at `powerline_hz` with a random amplitude and phase per lead."""
+    """Adds mains hum with a random amplitude and phase per lead.
+
+    `powerline_hz` is one frequency or several, one drawn uniformly per exam. The default
+    draws 50 or 60 Hz: CODE's exams were recorded on Brazil's 60 Hz mains, PTB-XL's (Germany)
+    and CPSC 2018's (China) on 50 Hz mains, and an encoder pretrained on CODE is transferred
+    to both.
+    """
+    frequencies = jnp.atleast_1d(jnp.asarray(powerline_hz, dtype=jnp.float32))
 
     def apply(key: jax.Array, signal_TC: jax.Array) -> jax.Array:
-        k_amp, k_phase = jax.random.split(key)
+        k_amp, k_phase, k_hz = jax.random.split(key, 3)
         c = signal_TC.shape[1]
         amplitude = jax.random.uniform(k_amp, (c,), maxval=max_amplitude_mv)
         phase = jax.random.uniform(k_phase, (c,), maxval=2 * np.pi)
+        hz = jax.random.choice(k_hz, frequencies)
         seconds = jnp.arange(signal_TC.shape[0])[:, None] / sampling_rate
-        return signal_TC + amplitude * jnp.sin(2 * np.pi * powerline_hz * seconds + phase)
+        return signal_TC + amplitude * jnp.sin(2 * np.pi * hz * seconds + phase)
 
     return apply
 
@@ -184,31 +194,46 @@ def lead_mask(probability: float = 0.25) -> Augmentation:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Which augmentations run, in order; each applied with probability `probability`."""
+    """Which augmentations run, in order; each applied with probability `probability`.
+
+    `sampling_rate` (Hz) of the signals is needed by the augmentations that work in seconds
+    or hertz (`emg_noise`, `baseline_wander`, `powerline_noise`); None refuses them.
+    """
 
     names: Sequence[str] = ("random_crop_resize", "amplitude_scale", "gaussian_noise")
     probability: float = 0.8
-    sampling_rate: float = 400.0
+    sampling_rate: float | None = None
+
+
+_NEEDS_RATE: dict[str, Callable[..., Augmentation]] = {
+    "emg_noise": emg_noise,
+    "baseline_wander": baseline_wander,
+    "powerline_noise": powerline_noise,
+}
+_RATE_FREE: dict[str, Callable[[], Augmentation]] = {
+    "random_crop_resize": random_crop_resize,
+    "amplitude_scale": amplitude_scale,
+    "gaussian_noise": gaussian_noise,
+    "time_mask": time_mask,
+    "lead_mask": lead_mask,
+    "three_kg": three_kg,
+}
 
 
 def build_augmentations(config: AugmentConfig) -> list[Augmentation]:
     """The augmentation chain named by `config`, from an explicit table."""
-    rate = config.sampling_rate
-    table: dict[str, Augmentation] = {
-        "random_crop_resize": random_crop_resize(),
-        "amplitude_scale": amplitude_scale(),
-        "gaussian_noise": gaussian_noise(),
-        "emg_noise": emg_noise(sampling_rate=rate),
-        "baseline_wander": baseline_wander(sampling_rate=rate),
-        "powerline_noise": powerline_noise(sampling_rate=rate),
-        "time_mask": time_mask(),
-        "lead_mask": lead_mask(),
-        "three_kg": three_kg(),
-    }
-    unknown = [n for n in config.names if n not in table]
+    unknown = [n for n in config.names if n not in _NEEDS_RATE and n not in _RATE_FREE]
     if unknown:
-        raise ValueError(f"unknown augmentations {unknown}; known: {sorted(table)}")
-    return [table[n] for n in config.names]
+        raise ValueError(
+            f"unknown augmentations {unknown}; known: {sorted(_NEEDS_RATE | _RATE_FREE)}"
+        )
+    timed = [n for n in config.names if n in _NEEDS_RATE]
+    if timed and config.sampling_rate is None:
+        raise ValueError(f"augmentations {timed} need the signals' sampling_rate")
+    return [
+        _NEEDS_RATE[n](sampling_rate=config.sampling_rate) if n in _NEEDS_RATE else _RATE_FREE[n]()
+        for n in config.names
+    ]
 
 
 def augment_batch(

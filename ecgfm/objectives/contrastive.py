@@ -134,8 +134,10 @@ class ContrastiveObjective:
 
     Config (`config.objective`): `method` ("simclr" or "clocs"), `view` (CLOCS: "cmsc",
     "cmlc" or "patient"), `temperature`, `projection_hidden`, `projection_dim`,
-    `augmentations` (names for `augment.build_augmentations`, may be empty),
-    `augment_probability`, `sampling_rate`.
+    `augmentations` (names for `augment.build_augmentations`; SimCLR needs at least one, its
+    two views are otherwise the same signal; CLOCS' may be empty), `augment_probability`,
+    `sampling_rate` (of the signals, for the time-based augmentations: the configs link it to
+    `data.preprocessing.sampling_rate`).
     """
 
     config: ConfigDict
@@ -146,11 +148,18 @@ class ContrastiveObjective:
             raise ValueError(f"objective.method must be simclr or clocs, got {method!r}")
         if method == "clocs" and self.config.get("view") not in _CLOCS_VIEWS:
             raise ValueError(f"objective.view must be one of {_CLOCS_VIEWS} for CLOCS")
+        if method == "simclr" and not tuple(self.config.get("augmentations", ())):
+            raise ValueError(
+                "SimCLR without augmentations contrasts two identical views of each exam: "
+                "set objective.augmentations (e.g. ('random_crop_resize', 'amplitude_scale'))"
+            )
+        if self.config.get("augment_probability", 0.8) <= 0 and method == "simclr":
+            raise ValueError("SimCLR with augment_probability 0 gives two identical views")
 
     @property
     def _augmentations(self) -> list[augment.Augmentation]:
         names = tuple(self.config.get("augmentations", ()))
-        rate = self.config.get("sampling_rate", 400.0)
+        rate = self.config.get("sampling_rate")
         return augment.build_augmentations(augment.AugmentConfig(names=names, sampling_rate=rate))
 
     def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:

@@ -19,7 +19,9 @@ is lead c, patch j):
   and restored with it. The update `target ← m · target + (1 − m) · online` is applied in
   `loss_fn` with the online weights the step's gradient is taken at (I-JEPA applies it just
   after the optimizer update, with the updated ones: ours trails by that one step). With
-  gradient accumulation it runs once per micro-batch.
+  gradient accumulation over k micro-batches it runs once per micro-batch with momentum
+  m^(1/k): the online weights do not change within an accumulation cycle, so the k updates
+  compose to exactly one update with m per optimizer step, whatever k.
 """
 
 from __future__ import annotations
@@ -116,11 +118,22 @@ class JepaObjective:
     """I-JEPA on ECG tokens; see the module docstring.
 
     Config (`config.objective`): `num_blocks` (4), `block_leads` (12), `block_patches` (2),
-    `context_fraction` (1.0), `ema_momentum` (0.996), `decoder_width`, `decoder_depth`,
-    `decoder_heads` (the predictor).
+    `context_fraction` (1.0), `ema_momentum` (0.996, per optimizer step), `decoder_width`,
+    `decoder_depth`, `decoder_heads` (the predictor). `accum_steps`: micro-batches per
+    optimizer step (`optim.grad_accum_steps`, passed by `make_objective`).
     """
 
     config: ConfigDict
+    accum_steps: int = 1
+
+    def __post_init__(self):
+        if self.accum_steps < 1:
+            raise ValueError(f"accum_steps must be at least 1, got {self.accum_steps}")
+
+    @property
+    def micro_batch_momentum(self) -> float:
+        """The EMA momentum per micro-batch: `ema_momentum ** (1 / accum_steps)`."""
+        return self.config.get("ema_momentum", 0.996) ** (1.0 / self.accum_steps)
 
     def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
         """ViT-1D context encoder, its EMA copy (same initial weights) and the predictor."""
@@ -189,7 +202,7 @@ class JepaObjective:
         )
         loss = jnp.sum(per_exam * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
         if train:
-            ema_update(model.target_encoder, model.encoder, self.config.get("ema_momentum", 0.996))
+            ema_update(model.target_encoder, model.encoder, self.micro_batch_momentum)
         return loss, {"loss": loss, "embedding_std": health.embedding_std(embedding_BD, weight_B)}
 
     def eval_outputs(self, model: nnx.Module, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:

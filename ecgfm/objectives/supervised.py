@@ -8,53 +8,52 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import scipy.stats
 from flax import nnx
 from ml_collections import ConfigDict
 
 from ecgfm import models
+from ecgfm.transfer.metrics import per_class_auroc
 
 log = logging.getLogger(__name__)
 
 
 def masked_bce(
-    logits_BK: jax.Array,
-    labels_BK: jax.Array,
-    weight_BK: jax.Array,
-    pos_weight_K: jax.Array | None = None,
-) -> jax.Array:
+    logits_BK: jax.Array | np.ndarray,
+    labels_BK: jax.Array | np.ndarray,
+    weight_BK: jax.Array | np.ndarray,
+    pos_weight_K: jax.Array | np.ndarray | None = None,
+) -> jax.Array | np.ndarray:
     """Mean binary cross-entropy over entries with weight > 0 (missing labels, padded exams).
 
     With `pos_weight_K`, the positive term of class k is multiplied by `pos_weight_K[k]`
-    (as torch's BCEWithLogitsLoss), to counter rare classes.
+    (as torch's BCEWithLogitsLoss), to counter rare classes. numpy inputs are scored in numpy
+    (evaluation on the host, no device round trip), JAX inputs in JAX (the train step).
     """
-    logits_BK = logits_BK.astype(jnp.float32)
-    if pos_weight_K is None:
-        per_entry = optax.sigmoid_binary_cross_entropy(logits_BK, labels_BK)
-    else:
-        log_p = jax.nn.log_sigmoid(logits_BK)
-        log_not_p = jax.nn.log_sigmoid(-logits_BK)
-        per_entry = -(pos_weight_K * labels_BK * log_p + (1.0 - labels_BK) * log_not_p)
-    return jnp.sum(per_entry * weight_BK) / jnp.maximum(jnp.sum(weight_BK), 1.0)
+    xp = np if isinstance(logits_BK, np.ndarray) else jnp
+    logits_BK = logits_BK.astype(xp.float64 if xp is np else xp.float32)
+    # log σ(x) = −log(1 + e^(−x)), written with logaddexp so neither tail overflows.
+    log_p = -xp.logaddexp(0.0, -logits_BK)
+    log_not_p = -xp.logaddexp(0.0, logits_BK)
+    positive = labels_BK if pos_weight_K is None else pos_weight_K * labels_BK
+    per_entry = -(positive * log_p + (1.0 - labels_BK) * log_not_p)
+    return xp.sum(per_entry * weight_BK) / xp.maximum(xp.sum(weight_BK), 1.0)
 
 
-def macro_auroc(scores_BK: np.ndarray, labels_BK: np.ndarray, weight_BK: np.ndarray) -> float:
-    """Mean over classes of the AUROC (Mann–Whitney U / (n_pos · n_neg)), ties counted as ½.
+def masked_macro_auroc(
+    scores_BK: np.ndarray, labels_BK: np.ndarray, weight_BK: np.ndarray
+) -> float:
+    """Mean AUROC (`ecgfm.transfer.metrics.per_class_auroc`) over classes, weight-0 entries out.
 
-    Entries with weight 0 are left out; a class with only one label value among the rest has no
-    AUROC and is skipped. NaN when no class qualifies.
+    A class with only one label value among the kept entries has no AUROC and is skipped; NaN
+    when no class qualifies.
     """
     aurocs = []
     for k in range(scores_BK.shape[1]):
         keep = weight_BK[:, k] > 0
-        scores, labels = scores_BK[keep, k], labels_BK[keep, k] > 0.5
-        n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-        if n_pos == 0 or n_neg == 0:
+        positive = labels_BK[keep, k] > 0.5
+        if positive.all() or not positive.any():
             continue
-        ranks = scipy.stats.rankdata(scores)  # average ranks: ties contribute ½
-        u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
-        aurocs.append(u / (n_pos * n_neg))
+        aurocs.append(per_class_auroc(positive, scores_BK[keep, k])[0])
     return float(np.mean(aurocs)) if aurocs else float("nan")
 
 
@@ -70,9 +69,9 @@ class SupervisedObjective:
         hparams = hparams.to_dict() if hparams is not None else None
         return models.build_model(config.model.name, hparams, num_classes, rngs)
 
-    def _pos_weight(self) -> jax.Array | None:
+    def _pos_weight(self) -> np.ndarray | None:
         pos_weight = self.config.get("pos_weight")
-        return None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
+        return None if pos_weight is None else np.asarray(pos_weight, np.float32)
 
     def _weights(self, batch: dict[str, jax.Array]) -> jax.Array:
         return batch["label_mask"] * batch["mask"][:, None]
@@ -92,13 +91,12 @@ class SupervisedObjective:
 
     def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Validation loss and macro AUROC over the classes present with both label values."""
-        logits, labels, weight = outputs["logits"], outputs["labels"], outputs["weight"]
-        loss = masked_bce(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weight))
+        logits, labels, weight = (np.asarray(outputs[k]) for k in ("logits", "labels", "weight"))
+        metrics = {
+            "loss": float(masked_bce(logits, labels, weight)),
+            "macro_auroc": masked_macro_auroc(logits, labels, weight),
+        }
         pos_weight = self._pos_weight()
-        metrics = {"loss": float(loss), "macro_auroc": macro_auroc(logits, labels, weight)}
         if pos_weight is not None:
-            weighted = masked_bce(
-                jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weight), pos_weight
-            )
-            metrics["weighted_loss"] = float(weighted)
+            metrics["weighted_loss"] = float(masked_bce(logits, labels, weight, pos_weight))
         return metrics

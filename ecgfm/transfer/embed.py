@@ -10,8 +10,9 @@ one encoder input. With whole-record windowing the spec's own crop/pad is applie
 The cache is one `.npz` per key, the SHA-256 of: the checkpoint hash, the preprocessing spec,
 the dataset id (dataset, resolved root, files' sampling rate), window and stride in samples,
 and the pooling. It holds every record embedded so far under that key; a request embeds only
-the records missing from it and rewrites the file atomically. Record signals under a root
-are assumed not to change.
+the records missing from it and rewrites the file atomically (a unique temporary file, then
+a rename: concurrent runs do not corrupt it, the last one's file wins). Record signals under
+a root are assumed not to change.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import pathlib
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -222,19 +224,36 @@ def _load_cache(path: pathlib.Path) -> dict[str, np.ndarray]:
     return {str(r): emb[owner == n] for n, r in enumerate(ids)}
 
 
+def _replace_atomically(path: pathlib.Path, write: Callable[[Any], None], suffix: str) -> None:
+    """Writes through `write(file)` to a unique temporary file beside `path`, then renames it.
+
+    Concurrent runs filling the same cache each write their own file; the last rename wins
+    and a reader never sees a partial file.
+    """
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f"{path.stem}.", suffix=f"{suffix}.tmp", delete=False
+    ) as f:
+        try:
+            write(f)
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
+    os.replace(f.name, path)
+
+
 def _save_cache(path: pathlib.Path, per_record: Mapping[str, np.ndarray], key: dict) -> None:
     ids = sorted(per_record)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        record_ids=np.array(ids),
-        embeddings_WD=np.concatenate([per_record[r] for r in ids]),
-        record_of_window_W=np.concatenate(
+    arrays = {
+        "record_ids": np.array(ids),
+        "embeddings_WD": np.concatenate([per_record[r] for r in ids]),
+        "record_of_window_W": np.concatenate(
             [np.full(len(per_record[r]), n) for n, r in enumerate(ids)]
         ),
-    )
-    os.replace(tmp, path)
-    path.with_suffix(".json").write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+    }
+    _replace_atomically(path, lambda f: np.savez(f, **arrays), ".npz")
+    text = (json.dumps(key, indent=2, sort_keys=True) + "\n").encode()
+    _replace_atomically(path.with_suffix(".json"), lambda f: f.write(text), ".json")
 
 
 def embed_records(
@@ -272,7 +291,8 @@ def embed_records(
             cache_files[name] = pathlib.Path(cache_dir) / f"embeddings-{key}.npz"
             cached[name] = _load_cache(cache_files[name])
     missing = {name: [r for r in unique_ids if r not in cached[name]] for name in encoders}
-    to_read = [r for r in unique_ids if any(r in set(m) for m in missing.values())]
+    missing_sets = {name: set(m) for name, m in missing.items()}
+    to_read = [r for r in unique_ids if any(r in m for m in missing_sets.values())]
     skip_log = SkipLog()
     computed = {name: 0 for name in encoders}
     for start in range(0, len(to_read), chunk_records):
@@ -283,7 +303,7 @@ def embed_records(
             except EcgFormatError as err:
                 handle_bad_record(err, on_error, skip_log)
         for name, e in encoders.items():
-            wanted = set(missing[name])
+            wanted = missing_sets[name]
             inputs = {
                 r: record_windows(x.signal, x.sampling_rate, e.preprocessing, windows[name])
                 for r, x in records.items()

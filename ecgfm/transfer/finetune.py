@@ -16,8 +16,9 @@ jitted step with the batch sharded on `data`, `train.eval_step` scores windows, 
   (one pass over the training subset, then a new permutation) and one window per record,
   either a random crop (`train_windows="random"`, the benchmark's training) or a random one of
   the protocol's strided training windows ("strided"); validation and test records are scored
-  on the evaluation windows and aggregated as the protocol says ("mean_embedding" has no
-  embedding to average in an end-to-end model: the window logits are averaged).
+  on the evaluation windows and aggregated as the protocol says: the per-class max, or the
+  mean of the window probabilities (as the benchmark; "mean_embedding" has no embedding to
+  average in an end-to-end model, so it means the same).
 - Early stopping: every `eval_every` steps (and at the last) the record-level validation macro
   AUROC is computed; an improvement is checkpointed, and after `patience` evaluations without
   one training stops. Validation and test predictions come from the best checkpoint.
@@ -59,14 +60,16 @@ from ecgfm.transfer.embed import hash_path, record_windows
 from ecgfm.transfer.label_fractions import DEFAULT_FRACTIONS
 from ecgfm.transfer.probe import versions
 from ecgfm.transfer.protocol import (
+    THRESHOLD_RULES,
+    WINDOW_AGGREGATION,
     Method,
     MethodOutput,
     TaskData,
     TaskSpec,
-    aggregate_windows,
-    evaluable_classes,
+    aggregate_window_logits,
     load_task,
     run_study,
+    validation_macro_auroc,
     window_starts,
 )
 
@@ -322,14 +325,6 @@ class EarlyStopping:
         return self.patience is not None and self.evaluations_since_best >= self.patience
 
 
-def validation_macro_auroc(labels_NK: np.ndarray, scores_NK: np.ndarray) -> float:
-    """Macro AUROC over the classes with both label values (the early-stopping criterion)."""
-    kept = evaluable_classes(labels_NK)
-    if kept.size == 0:
-        raise ValueError("no class has both label values in the validation fold: cannot stop early")
-    return float(np.mean(metrics.per_class_auroc(labels_NK[:, kept], scores_NK[:, kept])))
-
-
 @dataclasses.dataclass(frozen=True)
 class Fit:
     """One fit's outcome: the best step's host state and scores, and the validation history."""
@@ -439,7 +434,7 @@ class FinetuneMethod:
         )
 
     def _scores(self, compiled: _Compiled, state: Any, windows: EvalWindows) -> np.ndarray:
-        """`[N, K]` record scores: window logits aggregated per record."""
+        """`[N, K]` record logits: the windows' max, or their mean probability as a logit."""
         size = self.config.eval_batch_size
         num_classes = self.inputs.labels[TRAIN].shape[1]
         batch_sharding = sharding.batch_sharding(compiled.mesh)
@@ -460,7 +455,7 @@ class FinetuneMethod:
                 state, distributed.global_batch(_process_rows(batch), batch_sharding)
             )
             logits.append(_host(out["logits"])[:rows])
-        return aggregate_windows(
+        return aggregate_window_logits(
             np.concatenate(logits), windows.record_of_window_W, windows.num_records,
             self.inputs.aggregation,
         )  # fmt: skip
@@ -504,7 +499,9 @@ class FinetuneMethod:
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"fine-tuning loss is {loss} at step {step}")
                     score = validation_macro_auroc(
-                        labels_val, self._scores(compiled, state, self.inputs.validation)
+                        labels_val,
+                        self._scores(compiled, state, self.inputs.validation),
+                        "stop early",
                     )
                     history.append(
                         {"step": step, "train_loss": loss, "validation_macro_auroc": score}
@@ -559,6 +556,7 @@ def run_finetune(
     extra_methods: Mapping[str, Method] | None = None,
     keep_checkpoints: bool = False,
     num_bootstrap: int = metrics.DEFAULT_BOOTSTRAP,
+    threshold_rule: str = "gbeta",
     on_error: OnError = "raise",
 ) -> dict[str, Any]:
     """Fine-tunes the exported encoder on `task` (and the architecture from scratch); reports.
@@ -569,6 +567,7 @@ def run_finetune(
     other method on the same test resamples, i.e. what pretraining added. `extra_methods`
     run alongside (their `train_index` indexes the training records kept here). With
     `keep_checkpoints`, each fit's best checkpoint stays in `out_dir/checkpoints/<method>/`.
+    Fβ/Gβ thresholds follow `threshold_rule` (`protocol.THRESHOLD_RULES`, fitted on validation).
     Writes results.json/.csv/.md, roc.png, label_fractions.png, predictions.npz to `out_dir`
     (see `report.write_report`) and returns the results dict.
     """
@@ -601,6 +600,7 @@ def run_finetune(
         seeds=seeds,
         reference="finetune" if len(methods) > 1 else None,
         num_bootstrap=num_bootstrap,
+        threshold_rule=threshold_rule,
     )
     task_record = results.pop("task")
     architecture = {"model": spec["model"], "config": dict(spec["hparams"])}
@@ -634,12 +634,14 @@ def run_finetune(
                 "early_stopping": "validation macro AUROC (record level); best step's predictions",
                 "learning_rates": "head and encoder groups, warm-up + cosine each; encoder at 0 "
                 "for freeze_steps",
-                "aggregation": inputs.aggregation,
+                "window_aggregation": WINDOW_AGGREGATION[task.windowing.aggregation],
                 "evaluation_window_stride_s": task.windowing.eval_stride_s,
             },
             "evaluation": {
                 "num_bootstrap": num_bootstrap,
-                "thresholds": "Youden's J per class on validation predictions (Fβ/Gβ)",
+                "scores": "sigmoid of the record logits (probabilities)",
+                "threshold_rule": threshold_rule,
+                "thresholds": THRESHOLD_RULES[threshold_rule],
             },
         },
         "preprocessing": encoder.preprocessing.to_dict(),

@@ -7,9 +7,12 @@ logits) for N examples and K classes.
   (ties handled the same way); they are computed from per-example weights so that a bootstrap
   resample is a weight vector (how often each example was drawn) and costs O(N) per class.
 - Fβ/Gβ are the PTB-XL benchmark's `challenge_metrics` (Strodthoff et al. 2021, after the
-  PhysioNet/CinC 2020 challenge): each example counts 1/(its number of positive labels), with
-  per-class thresholds that maximise Youden's J (tpr − fpr), and an example with no score above
-  its thresholds gets its highest-scoring class (the benchmark's `apply_thresholds`).
+  PhysioNet/CinC 2020 challenge): each example counts 1/(its number of positive labels), and an
+  example with no score above its thresholds gets its highest-scoring class (the benchmark's
+  `apply_thresholds`). The benchmark's per-class thresholds (`SCP_Experiment.evaluate` in
+  helme/ecg_ptbxl_benchmarking, `find_optimal_cutoff_thresholds_for_Gbeta`) maximise the
+  class's Gβ=2 over 100 probabilities evenly spaced in [0, 1]: `gbeta_thresholds`. Youden's J
+  (`youden_thresholds`, the benchmark's unused alternative) works on any monotone score.
 - Fmax is the protein-function (CAFA) maximum over thresholds of the F1 of the average precision
   over examples with at least one prediction and the average recall over all examples.
 - Bootstrap resamples examples with replacement and redraws any resample in which a class has no
@@ -140,10 +143,11 @@ def macro_auprc(labels_NK: np.ndarray, scores_NK: np.ndarray) -> float:
 
 
 def youden_thresholds(labels_NK: np.ndarray, scores_NK: np.ndarray) -> np.ndarray:
-    """`[K]` per-class thresholds maximising tpr − fpr (the benchmark's cut-off choice).
+    """`[K]` per-class thresholds maximising tpr − fpr (Youden's J) on any monotone score.
 
-    Among equally good thresholds the highest wins, as `np.argmax` over sklearn's `roc_curve`
-    (thresholds from +inf down) picks it in the benchmark code.
+    The benchmark's code has this rule (`find_optimal_cutoff_threshold`) but scores Fβ/Gβ with
+    `gbeta_thresholds`. Among equally good thresholds the highest wins, as `np.argmax` over
+    sklearn's `roc_curve` (thresholds from +inf down) picks it.
     """
     labels_NK, scores_NK = _check(labels_NK, scores_NK)
     thresholds = np.empty(labels_NK.shape[1])
@@ -158,13 +162,59 @@ def youden_thresholds(labels_NK: np.ndarray, scores_NK: np.ndarray) -> np.ndarra
     return thresholds
 
 
+def gbeta_thresholds(
+    labels_NK: np.ndarray, probabilities_NK: np.ndarray, n_thresholds: int = 100
+) -> np.ndarray:
+    """`[K]` per-class thresholds maximising the class's Gβ=2 (the PTB-XL benchmark's rule).
+
+    As `find_optimal_cutoff_thresholds_for_Gbeta` in helme/ecg_ptbxl_benchmarking: for each
+    class, the candidates are `np.linspace(0, 1, n_thresholds)`, a prediction is probability >
+    threshold, every example weighs 1 (`challenge_metrics(..., single=True)`), and the first
+    (lowest) threshold with the highest Gβ = tp / (tp + fp + 2 fn) wins. For a class without
+    positives Gβ is 0/0 where nothing is predicted, which `np.argmax` takes as the maximum, as in
+    the benchmark: the lowest threshold above every probability.
+    """
+    labels_NK, probabilities_NK = _check(labels_NK, probabilities_NK)
+    if probabilities_NK.min() < 0 or probabilities_NK.max() > 1:
+        raise ValueError(
+            "Gβ thresholds are chosen among probabilities in [0, 1]: pass sigmoid outputs"
+        )
+    candidates_G = np.linspace(0.0, 1.0, n_thresholds)
+    thresholds = np.empty(labels_NK.shape[1])
+    for k in range(labels_NK.shape[1]):
+        predicted_NG = probabilities_NK[:, k, None] > candidates_G[None, :]
+        positive_N1 = labels_NK[:, k, None]
+        tp = (predicted_NG & positive_N1).sum(axis=0).astype(np.float64)
+        fp = (predicted_NG & ~positive_N1).sum(axis=0)
+        fn = (~predicted_NG & positive_N1).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g_beta = tp / (tp + fp + 2.0 * fn)
+        thresholds[k] = candidates_G[np.argmax(g_beta)]
+    return thresholds
+
+
+def _check_thresholds(thresholds_K: np.ndarray, num_classes: int) -> np.ndarray:
+    thresholds_K = np.asarray(thresholds_K, dtype=np.float64)
+    if thresholds_K.shape != (num_classes,):
+        raise ValueError(
+            f"thresholds have shape {thresholds_K.shape} but there are {num_classes} classes: "
+            f"pass one threshold per class, shape ({num_classes},)"
+        )
+    if np.isnan(thresholds_K).any():
+        raise ValueError("thresholds contain NaN")
+    return thresholds_K
+
+
 def apply_thresholds(scores_NK: np.ndarray, thresholds_K: np.ndarray) -> np.ndarray:
     """Binary `[N, K]` predictions: score > threshold, or the top class when none passes.
 
     Strictly greater, as the benchmark's `apply_thresholds` does, so numbers stay comparable.
+    `thresholds_K` must have shape `[K]`: one value is not broadcast to every class.
     """
     scores_NK = np.asarray(scores_NK, dtype=np.float64)
-    predicted = scores_NK > np.asarray(thresholds_K)[None, :]
+    if scores_NK.ndim != 2:
+        raise ValueError(f"scores must be [examples, classes], got shape {scores_NK.shape}")
+    predicted = scores_NK > _check_thresholds(thresholds_K, scores_NK.shape[1])[None, :]
     none = ~predicted.any(axis=1)
     predicted[none, np.argmax(scores_NK[none], axis=1)] = True
     return predicted
@@ -213,25 +263,81 @@ def fmax(
     return float(best)
 
 
+# A class whose rarer label value has more examples than this is missing from a resample
+# with probability < e^-20: only the rarer ones are screened before a full resample is drawn.
+_SCREENED_MINORITY = 20
+
+
 def bootstrap_weights(
-    labels_NK: np.ndarray, num_samples: int, seed: int, max_tries: int = 100
+    labels_NK: np.ndarray,
+    num_samples: int,
+    seed: int,
+    *,
+    max_draws: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """`[num_samples, N]` draw counts of resamples in which every class has both label values."""
+    """`[num_samples, N]` draw counts of resamples in which every class has both label values.
+
+    Exactly the ordinary bootstrap (N draws with replacement) conditioned on every class
+    keeping both label values, by rejection, in two stages so rare classes stay cheap: the
+    draw counts of the examples carrying a rare class's rarer label value (at most
+    `_SCREENED_MINORITY` of them) and of "all the others" are drawn first (a multinomial with
+    few categories), resamples missing a rare class are rejected, and only the survivors'
+    remaining draws are spread over the other examples and checked in full. A class with one
+    positive in N is missing from e^-1 ≈ 37 % of resamples, so a dozen such classes reject
+    ~99.6 %. Gives up after `max_draws` screened resamples (default 1000 · num_samples) with
+    an error naming the classes that rejected the most.
+    """
     labels = np.asarray(labels_NK, dtype=bool)
-    n = labels.shape[0]
+    n, k = labels.shape
+    names = list(class_names) if class_names is not None else [str(c) for c in range(k)]
     undefined = _undefined_classes(labels)
     if undefined.size:
-        raise ValueError(f"cannot bootstrap: classes {undefined.tolist()} have one label value")
+        raise ValueError(
+            f"cannot bootstrap: classes {[names[c] for c in undefined]} have one label value"
+        )
+    max_draws = 1000 * num_samples if max_draws is None else max_draws
+    positives_K = labels.sum(axis=0)
+    minority_is_positive_K = positives_K <= n - positives_K
+    minority_NK = np.where(minority_is_positive_K, labels, ~labels)
+    rare_K = np.minimum(positives_K, n - positives_K) <= _SCREENED_MINORITY
+    screened_S = np.flatnonzero(minority_NK[:, rare_K].any(axis=1))
+    others_O = np.setdiff1d(np.arange(n), screened_S)
+    screened_pvals = np.r_[np.full(screened_S.size, 1.0 / n), others_O.size / n]
+    screened_minority_SR = minority_NK[screened_S][:, rare_K].astype(np.float64)
+    labels_f = labels.astype(np.float64)  # float products use BLAS
     rng = np.random.default_rng(seed)
     kept: list[np.ndarray] = []
-    for _ in range(max_tries):
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=num_samples - len(kept))
-        positives = counts @ labels
-        valid = (positives > 0).all(axis=1) & (positives < n).all(axis=1)
-        kept.extend(counts[valid])
-        if len(kept) == num_samples:
-            return np.stack(kept).astype(np.float64)
-    raise ValueError("could not draw bootstrap resamples that keep every class: too few positives")
+    num_kept = drawn = 0
+    rejections_K = np.zeros(k, dtype=np.int64)
+    while num_kept < num_samples and drawn < max_draws:
+        size = min(max(num_samples, 4096), max_draws - drawn)
+        drawn += size
+        first = rng.multinomial(n, screened_pvals, size=size)
+        missing_BR = first[:, :-1] @ screened_minority_SR == 0
+        rejections_K[rare_K] += missing_BR.sum(axis=0)
+        # Survivors beyond what is still needed are dropped unseen: independent draws.
+        first = first[~missing_BR.any(axis=1)][: num_samples - num_kept]
+        counts = np.zeros((len(first), n), dtype=np.int64)
+        counts[:, screened_S] = first[:, :-1]
+        if others_O.size:
+            counts[:, others_O] = rng.multinomial(
+                first[:, -1], np.full(others_O.size, 1.0 / others_O.size)
+            )
+        positives = counts @ labels_f
+        bad_BK = (positives == 0) | (positives == n)
+        rejections_K += bad_BK.sum(axis=0)
+        kept.append(counts[~bad_BK.any(axis=1)])
+        num_kept += len(kept[-1])
+    if num_kept < num_samples:
+        worst = np.argsort(-rejections_K, kind="stable")[: min(int((rejections_K > 0).sum()), 20)]
+        raise ValueError(
+            f"could not draw {num_samples} bootstrap resamples in which every class has both "
+            f"label values: {num_kept} of {drawn} draws were. Classes "
+            f"{[f'{names[c]} ({positives_K[c]} of {n} positive)' for c in worst]} are missing "
+            "from most resamples; evaluate without them (or merge them), or raise max_draws"
+        )
+    return np.concatenate(kept).astype(np.float64)
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
@@ -263,24 +369,27 @@ def evaluate(
     *,
     class_names: Sequence[str] | None = None,
     thresholds_K: np.ndarray | None = None,
+    thresholds_from: str = "given",
     num_bootstrap: int = DEFAULT_BOOTSTRAP,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, Any]:
     """All benchmark metrics of one prediction set, with bootstrap confidence intervals.
 
-    `thresholds_K` for Fβ/Gβ should come from training or validation predictions (as in the
-    benchmark); without them they are fitted on these labels, which is optimistic and says so
-    in `thresholds_from`.
+    `thresholds_K` (shape `[K]`, on the scale of `scores_NK`) for Fβ/Gβ should come from
+    training or validation predictions (as in the benchmark); `thresholds_from` says where they
+    came from. Without them Youden's thresholds are fitted on these labels, which is optimistic
+    and recorded as `thresholds_from = "youden on these labels"`.
     """
     labels_NK, scores_NK = _check(labels_NK, scores_NK)
     k = labels_NK.shape[1]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:
         raise ValueError(f"{len(names)} class names for {k} classes")
-    thresholds_from = "given"
     if thresholds_K is None:
-        thresholds_K, thresholds_from = youden_thresholds(labels_NK, scores_NK), "these labels"
+        thresholds_K = youden_thresholds(labels_NK, scores_NK)
+        thresholds_from = "youden on these labels"
+    thresholds_K = _check_thresholds(thresholds_K, k)
     challenge = challenge_scores(labels_NK, apply_thresholds(scores_NK, thresholds_K))
     result: dict[str, Any] = {
         "num_examples": int(labels_NK.shape[0]),
@@ -297,7 +406,7 @@ def evaluate(
         "thresholds_from": thresholds_from,
     }
     if num_bootstrap:
-        weights_BN = bootstrap_weights(labels_NK, num_bootstrap, seed)
+        weights_BN = bootstrap_weights(labels_NK, num_bootstrap, seed, class_names=names)
         auroc_BK = _classwise_bootstrap("auroc", labels_NK, scores_NK, weights_BN)
         auprc_BK = _classwise_bootstrap("auprc", labels_NK, scores_NK, weights_BN)
         result |= {

@@ -36,14 +36,17 @@ from ecgfm.transfer import metrics, report
 from ecgfm.transfer.embed import Embeddings, FrozenEncoder, embed_records, from_export, random_twin
 from ecgfm.transfer.label_fractions import DEFAULT_FRACTIONS
 from ecgfm.transfer.protocol import (
+    THRESHOLD_RULES,
+    WINDOW_AGGREGATION,
     Method,
     MethodOutput,
     TaskData,
     TaskSpec,
+    aggregate_window_logits,
     aggregate_windows,
-    evaluable_classes,
     load_task,
     run_study,
+    validation_macro_auroc,
 )
 
 DEFAULT_L2_GRID: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -274,13 +277,6 @@ class WindowSet:
         return self.embeddings_WD, self.record_of_window_W
 
 
-def _validation_auroc(labels_NK: np.ndarray, scores_NK: np.ndarray) -> float:
-    kept = evaluable_classes(labels_NK)
-    if kept.size == 0:
-        raise ValueError("no class has both label values in the validation fold: cannot choose λ")
-    return float(np.mean(metrics.per_class_auroc(labels_NK[:, kept], scores_NK[:, kept])))
-
-
 @dataclasses.dataclass
 class ProbeMethod:
     """The frozen-encoder probe as a `protocol.Method`: fit on a training subset, λ on val."""
@@ -295,9 +291,11 @@ class ProbeMethod:
     l2_grid: Sequence[float] = DEFAULT_L2_GRID
 
     def _scores(self, probe: LinearProbe | MlpProbe, windows: WindowSet) -> np.ndarray:
+        """`[N, K]` record logits (window probabilities averaged for "mean")."""
         rows, owners = windows.features(self.aggregation)
-        how = "mean" if self.aggregation == "mean_embedding" else self.aggregation
-        return aggregate_windows(probe.logits(rows), owners, windows.num_records, how)
+        return aggregate_window_logits(
+            probe.logits(rows), owners, windows.num_records, self.aggregation
+        )
 
     def fit_predict(self, train_index: np.ndarray, seed: int) -> MethodOutput:
         """Fits one probe per λ on `train_index`'s records, keeps the best on validation."""
@@ -312,8 +310,8 @@ class ProbeMethod:
                 probe = fit_linear_probe(x, y, l2, weights_N=weights)
             else:
                 probe = fit_mlp_probe(x, y, l2, weights_N=weights, seed=seed)
-            score = _validation_auroc(
-                self.validation_labels_NK, self._scores(probe, self.validation)
+            score = validation_macro_auroc(
+                self.validation_labels_NK, self._scores(probe, self.validation), "choose λ"
             )
             val_scores[f"{l2:g}"] = score
             if score > best_score:
@@ -386,6 +384,7 @@ def run_probe(
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
     num_bootstrap: int = metrics.DEFAULT_BOOTSTRAP,
+    threshold_rule: str = "gbeta",
     on_error: OnError = "raise",
 ) -> dict[str, Any]:
     """Frozen-encoder probe of `encoder` on `task`, with baselines; writes the report files.
@@ -395,7 +394,8 @@ def run_probe(
     what pretraining added (`comparisons`: pretrained minus random on the same test resamples).
     `extra_methods` (name → `protocol.Method`) run alongside on the same subsets and test set:
     the hook for the supervised baseline trained from scratch. Embeddings are cached in
-    `cache_dir` (default `out_dir/embedding_cache`). Returns the results dict.
+    `cache_dir` (default `out_dir/embedding_cache`). Fβ/Gβ thresholds follow `threshold_rule`
+    (`protocol.THRESHOLD_RULES`, fitted on validation). Returns the results dict.
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -438,6 +438,7 @@ def run_probe(
         seeds=seeds,
         reference="pretrained" if len(methods) > 1 else None,
         num_bootstrap=num_bootstrap,
+        threshold_rule=threshold_rule,
     )
     task_record = results.pop("task")
     results = {
@@ -457,10 +458,13 @@ def run_probe(
                 else "optax.adam, full batch",
                 "standardization": "mean/std of the training windows",
                 "window_weight": "1 / windows of the record",
+                "window_aggregation": WINDOW_AGGREGATION[task.windowing.aggregation],
             },
             "evaluation": {
                 "num_bootstrap": num_bootstrap,
-                "thresholds": "Youden's J per class on validation predictions (Fβ/Gβ)",
+                "scores": "sigmoid of the record logits (probabilities)",
+                "threshold_rule": threshold_rule,
+                "thresholds": THRESHOLD_RULES[threshold_rule],
             },
         },
         "preprocessing": encoder.preprocessing.to_dict(),

@@ -11,7 +11,8 @@ into every result:
   file passed in `split_file`.
 - Windows: the benchmark's models see 2.5 s crops; at test time they score windows of 2.5 s
   every 1.25 s (`stride_length_valid = input_size // 2` in its `fastai_model`) and take the
-  per-class maximum of the window predictions (`aggregate_fn="max"`). `BENCHMARK_WINDOWING`
+  per-class maximum of the window predictions (`aggregate_fn="max"`; its "mean" averages the
+  sigmoid outputs, as `aggregate_window_logits` does). `BENCHMARK_WINDOWING`
   is that, with training windows every 2.5 s (non-overlapping), the deterministic counterpart
   of the benchmark's random training crops. `window_s=None` gives one input per record, fitted
   to the encoder's length by its preprocessing (centre crop or zero pad).
@@ -19,7 +20,10 @@ into every result:
 `run_study` evaluates methods (a frozen-encoder probe, later fine-tuning or a supervised model
 trained from scratch: anything with `fit_predict(train_index, seed) -> MethodOutput`) on nested
 label fractions of the training fold, several seeds, with bootstrap CIs on the test fold and a
-paired bootstrap difference against a reference method.
+paired bootstrap difference against a reference method. Methods return logits; metrics are
+computed on their sigmoid, the benchmark's probabilities, and the Fβ/Gβ thresholds are fitted
+on the validation fold's (`THRESHOLD_RULES`; the benchmark fits them on its training fold's
+predictions, which for a fitted head are optimistic).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import numpy as np
+import scipy.special
 
 from ecgfm.data import splits as splits_lib
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018, read_reference
@@ -42,8 +47,21 @@ from ecgfm.transfer.label_fractions import nested_label_fractions
 SPLITS: tuple[str, ...] = (splits_lib.TRAIN, splits_lib.VALIDATION, splits_lib.TEST)
 Aggregation = Literal["max", "mean", "mean_embedding"]
 AGGREGATIONS: tuple[str, ...] = ("max", "mean", "mean_embedding")
+# What each aggregation does with a record's windows, as results record it.
+WINDOW_AGGREGATION: dict[str, str] = {
+    "max": "per-class maximum of the window probabilities (the benchmark's aggregate_fn='max')",
+    "mean": "per-class mean of the window probabilities (sigmoid outputs, as the benchmark)",
+    "mean_embedding": "window embeddings averaged per record, one prediction per record "
+    "(end-to-end fine-tuning: the window probabilities are averaged)",
+}
 DATASETS: tuple[str, ...] = ("ptbxl", "cpsc2018")
 CPSC_TASK = "cpsc9"
+# How `run_study` picks the Fβ/Gβ thresholds on the validation predictions.
+THRESHOLD_RULES: dict[str, str] = {
+    "gbeta": "per class, the lowest of 100 probabilities in [0, 1] maximising Gβ=2 on the "
+    "validation fold (the PTB-XL benchmark's find_optimal_cutoff_thresholds_for_Gbeta)",
+    "youden": "per class, the probability maximising Youden's J (tpr − fpr) on the validation fold",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +72,10 @@ class Windowing:
       window_s: window length in seconds, or None for one input per record.
       train_stride_s: seconds between training windows' starts.
       eval_stride_s: seconds between validation/test windows' starts.
-      aggregation: "max" or "mean" of the window predictions per class (the probe is trained
-        on windows, each carrying its record's labels), or "mean_embedding" (the window
-        embeddings are averaged per record and the probe sees one vector per record).
+      aggregation: "max" or "mean" of the window predictions per class (probabilities, as the
+        benchmark averages sigmoid outputs; the probe is trained on windows, each carrying its
+        record's labels), or "mean_embedding" (the window embeddings are averaged per record
+        and the probe sees one vector per record).
     """
 
     window_s: float | None = 2.5
@@ -119,6 +138,38 @@ def aggregate_windows(
         np.add.at(out, record_of_window_W, values_WK)
         return out / counts_N[:, None]
     raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {how!r}")
+
+
+def aggregate_window_logits(
+    logits_WK: np.ndarray, record_of_window_W: np.ndarray, num_records: int, how: str
+) -> np.ndarray:
+    """`[N, K]` record logits from window logits: the max, or the logit of the mean probability.
+
+    "mean" averages the windows' sigmoid outputs, as the benchmark does, and returns that
+    average as a logit, log Σσ(x) − log Σσ(−x), which stays finite where σ rounds to 0 or 1.
+    "mean_embedding" has one row per record here: it is returned as is.
+    """
+    if how == "max":
+        return aggregate_windows(logits_WK, record_of_window_W, num_records, "max")
+    if how not in ("mean", "mean_embedding"):
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {how!r}")
+    logits_WK = np.asarray(logits_WK, dtype=np.float64)
+    record_of_window_W = np.asarray(record_of_window_W)
+    counts_N = np.bincount(record_of_window_W, minlength=num_records)
+    if (counts_N == 0).any():
+        raise ValueError(f"records {np.flatnonzero(counts_N == 0).tolist()} have no window")
+    log_sum = {}
+    for sign in (1.0, -1.0):
+        log_sigmoid_WK = -np.logaddexp(0.0, -sign * logits_WK)
+        out = np.full((num_records, logits_WK.shape[1]), -np.inf)
+        np.logaddexp.at(out, record_of_window_W, log_sigmoid_WK)
+        log_sum[sign] = out
+    return log_sum[1.0] - log_sum[-1.0]
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of logits, in float64."""
+    return scipy.special.expit(np.asarray(logits, dtype=np.float64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +350,7 @@ def load_task(spec: TaskSpec, data_root: str | pathlib.Path) -> TaskData:
 
 @dataclasses.dataclass(frozen=True)
 class MethodOutput:
-    """One fitted method's record-level scores (`[N, K]`, any monotone score) and details."""
+    """One fitted method's record-level logits `[N, K]` (sigmoid: probabilities) and details."""
 
     validation_scores_NK: np.ndarray
     test_scores_NK: np.ndarray
@@ -322,6 +373,19 @@ def evaluable_classes(labels_NK: np.ndarray) -> np.ndarray:
     return np.flatnonzero((positives > 0) & (positives < labels_NK.shape[0]))
 
 
+def validation_macro_auroc(
+    labels_NK: np.ndarray, scores_NK: np.ndarray, purpose: str = "select a model"
+) -> float:
+    """Macro AUROC over the classes with both label values: how methods pick a λ or a step.
+
+    `purpose` completes the error raised when no class qualifies ("cannot <purpose>").
+    """
+    kept = evaluable_classes(labels_NK)
+    if kept.size == 0:
+        raise ValueError(f"no class has both label values in the validation fold: cannot {purpose}")
+    return float(np.mean(metrics.per_class_auroc(labels_NK[:, kept], scores_NK[:, kept])))
+
+
 def run_study(
     task: TaskData,
     methods: Mapping[str, Method],
@@ -330,15 +394,24 @@ def run_study(
     seeds: Sequence[int],
     reference: str | None = None,
     num_bootstrap: int = metrics.DEFAULT_BOOTSTRAP,
+    threshold_rule: str = "gbeta",
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Every method on every (label fraction, seed); returns (results, test predictions).
+    """Every method on every (label fraction, seed); returns (results, test probabilities).
 
-    Test metrics cover the classes with both label values in the test fold (the others are
-    listed in `classes_not_evaluated`); Fβ/Gβ thresholds are Youden's on validation
-    predictions. The full training fold is one subset, fitted once (with the first seed).
-    With `reference`, each other method's macro AUROC is compared with the reference's on the
-    same test resamples (`paired_bootstrap_difference`, reference minus other).
+    Metrics are computed on the sigmoid of the methods' logits and cover the classes with both
+    label values in the test fold (the others are listed in `classes_not_evaluated`). Fβ/Gβ
+    thresholds are fitted on the validation probabilities by `threshold_rule` (a key of
+    `THRESHOLD_RULES`; the test fold is never used). The full training fold is one subset,
+    fitted once (with the first seed). With `reference`, each other method's macro AUROC is
+    compared with the reference's on the same test resamples (`paired_bootstrap_difference`,
+    reference minus other).
     """
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_rule must be one of {sorted(THRESHOLD_RULES)}")
+    fit_thresholds = {
+        "gbeta": metrics.gbeta_thresholds,
+        "youden": metrics.youden_thresholds,
+    }[threshold_rule]
     test_labels = task.labels[splits_lib.TEST]
     val_labels = task.labels[splits_lib.VALIDATION]
     kept = evaluable_classes(test_labels)
@@ -357,20 +430,22 @@ def run_study(
             for seed in seeds if fraction < 1.0 else seeds[:1]:
                 train_index = subsets[seed][fraction]
                 out = method.fit_predict(train_index, seed)
-                # A class without positives in validation gets threshold +inf (never
-                # predicted but as an example's top class), as Youden's J is 0 everywhere.
-                thresholds = metrics.youden_thresholds(
-                    val_labels[:, kept], out.validation_scores_NK[:, kept]
+                test_probabilities = sigmoid(out.test_scores_NK)
+                # A class without positives in validation is then never predicted, but as an
+                # example's top class (Youden: +inf; Gβ: the lowest grid point above all).
+                thresholds = fit_thresholds(
+                    val_labels[:, kept], sigmoid(out.validation_scores_NK)[:, kept]
                 )
                 result = metrics.evaluate(
                     test_labels[:, kept],
-                    out.test_scores_NK[:, kept],
+                    test_probabilities[:, kept],
                     class_names=names,
                     thresholds_K=thresholds,
+                    thresholds_from=f"{threshold_rule} on validation probabilities",
                     num_bootstrap=num_bootstrap,
                     seed=seed,
                 )
-                predictions[f"{method_name}/{fraction:g}/{seed}"] = out.test_scores_NK
+                predictions[f"{method_name}/{fraction:g}/{seed}"] = test_probabilities
                 runs.append(
                     {
                         "method": method_name,
@@ -394,6 +469,7 @@ def run_study(
         "fractions": sorted(subsets[seeds[0]]),
         "seeds": list(seeds),
         "num_bootstrap": num_bootstrap,
+        "thresholds": {"rule": threshold_rule, "description": THRESHOLD_RULES[threshold_rule]},
         "runs": runs,
         "summary": summarize(runs),
         "comparisons": (

@@ -19,7 +19,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "task", "method", "fraction", "seed", "num_train_records", "l2",
     "macro_auroc", "macro_auroc_ci_low", "macro_auroc_ci_high",
     "macro_auprc", "macro_auprc_ci_low", "macro_auprc_ci_high",
-    "f_beta2", "g_beta2", "fmax", "checkpoint_hash", "preprocessing",
+    "f_beta2", "g_beta2", "fmax", "checkpoint_hash", "preprocessing", "protocol", "versions",
 )  # fmt: skip
 
 
@@ -29,7 +29,11 @@ def _ci(test: Mapping[str, Any], key: str) -> tuple[float, float] | tuple[None, 
 
 
 def csv_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per (method, fraction, seed) with point estimates and 95 % CIs."""
+    """One row per (method, fraction, seed) with point estimates and 95 % CIs.
+
+    A row stands alone: `preprocessing`, `protocol` (task, split, windowing, label fractions,
+    seeds, the method's settings, evaluation) and `versions` are JSON objects.
+    """
     rows = []
     for run in results["runs"]:
         test = run["test"]
@@ -54,6 +58,8 @@ def csv_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "fmax": test["fmax"],
                 "checkpoint_hash": results["checkpoint"]["hash"],
                 "preprocessing": json.dumps(results["preprocessing"], sort_keys=True),
+                "protocol": json.dumps(results["protocol"], sort_keys=True, default=float),
+                "versions": json.dumps(results["versions"], sort_keys=True),
             }
         )
     return rows

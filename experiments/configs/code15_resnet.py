@@ -25,9 +25,7 @@ def get_config() -> ConfigDict:
     config.data.synthetic_exams = 0
     config.data.val_fraction = 0.02
     config.data.split_seed = 0  # patient-level train/validation split
-    config.data.preprocessing = ConfigDict(
-        {"sampling_rate": 400.0, "num_samples": 4096, "normalization": "none"}
-    )
+    config.data.preprocessing.num_samples = 4096  # 10.24 s at 400 Hz
     config.model.hparams = ConfigDict(
         {"widths": (64, 128, 196, 256, 320), "kernel_size": 16, "dropout": 0.2,
          "input_length": 4096, "dtype": "float32"}

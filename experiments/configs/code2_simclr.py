@@ -30,7 +30,8 @@ def get_config() -> ConfigDict:
             "augmentations": ("random_crop_resize", "three_kg", "amplitude_scale",
                               "gaussian_noise", "baseline_wander"),
             "augment_probability": 0.8,
-            "sampling_rate": 400.0,
         }
     )  # fmt: skip
+    # The time-based augmentations work in seconds: the data's rate, linked so it cannot drift.
+    config.objective.sampling_rate = config.data.preprocessing.get_ref("sampling_rate")
     return config

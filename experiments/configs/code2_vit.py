@@ -18,9 +18,8 @@ from ecgfm.config import load_config
 def get_config() -> ConfigDict:
     """ViT over 0.1875 s patches (75 samples at 400 Hz) of each lead; AdamW with warm-up."""
     config = load_config(pathlib.Path(__file__).with_name("code2_resnet.py"))
-    config.data.preprocessing = ConfigDict(
-        {"sampling_rate": 400.0, "num_samples": 4050, "normalization": "per_lead_standardize"}
-    )
+    config.data.preprocessing.num_samples = 4050  # 54 patches of 75 samples
+    config.data.preprocessing.normalization = "per_lead_standardize"
     config.model.name = "vit1d"
     config.model.hparams = ConfigDict(
         {"patch_size": 75, "width": 384, "depth": 12, "num_heads": 6, "max_patches": 54,

@@ -12,6 +12,8 @@ with 40 steps, only loosely above 0.5. Used by the tests and the quick start.
 
 from ml_collections import ConfigDict
 
+from ecgfm.data.record import LEADS
+
 
 def get_config() -> ConfigDict:
     """The smoke-run configuration."""
@@ -25,8 +27,21 @@ def get_config() -> ConfigDict:
     config.data.synthetic_seed = 0
     config.data.val_fraction = 0.25
     config.data.split_seed = 0  # patient-level train/validation split
+    # Every `ecgfm.data.preprocessing.Preprocessing` field, so each can be overridden from the
+    # command line (e.g. --config.data.preprocessing.bandpass="(0.5, 40.0)").
     config.data.preprocessing = ConfigDict(
-        {"sampling_rate": 400.0, "num_samples": 1024, "normalization": "none"}
+        {
+            "sampling_rate": 400.0,
+            "num_samples": 1024,
+            "leads": LEADS,
+            "baseline_cutoff_hz": None,
+            "powerline_hz": None,
+            "bandpass": None,
+            "filter_order": 2,
+            "notch_quality": 30.0,
+            "normalization": "none",
+            "input_units": "mV",
+        }
     )
 
     config.model = ConfigDict()
@@ -48,6 +63,8 @@ def get_config() -> ConfigDict:
     config.optim = ConfigDict()
     config.optim.learning_rate = 3e-3
     config.optim.schedule = "warmup_cosine"
+    # Counts optimizer updates (train.steps / grad_accum_steps of them); the first update's
+    # learning rate is 0 (see ecgfm/optim.py).
     config.optim.warmup_steps = 5
     config.optim.end_lr_fraction = 0.01
     config.optim.b1 = 0.9
@@ -69,6 +86,9 @@ def get_config() -> ConfigDict:
     config.distributed = ConfigDict(
         {"coordinator_address": "", "num_processes": 0, "process_id": -1, "auto": False}
     )
+    # Another workdir's checkpoints/ to continue from (its step, weights and optimizer state)
+    # when this workdir has none; the data stream continues at that step.
     config.resume = ""
+    # An `ecgfm export` directory whose encoder initialises a fresh run (the head is new).
     config.init_from = ""
     return config

@@ -31,9 +31,10 @@ def get_config() -> ConfigDict:
             "projection_dim": 32,
             "augmentations": (),
             "augment_probability": 0.8,
-            "sampling_rate": 400.0,
         }
     )
+    # The time-based augmentations work in seconds: the data's rate, linked so it cannot drift.
+    config.objective.sampling_rate = config.data.preprocessing.get_ref("sampling_rate")
     # view=patient pairs different exams of one patient: set data.patient_pairs=True too.
     config.data.patient_pairs = False
     return config

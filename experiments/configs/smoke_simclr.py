@@ -31,7 +31,8 @@ def get_config() -> ConfigDict:
             "projection_dim": 32,
             "augmentations": ("random_crop_resize", "amplitude_scale", "gaussian_noise"),
             "augment_probability": 0.8,
-            "sampling_rate": 400.0,
         }
     )
+    # The time-based augmentations work in seconds: the data's rate, linked so it cannot drift.
+    config.objective.sampling_rate = config.data.preprocessing.get_ref("sampling_rate")
     return config
