@@ -101,11 +101,18 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
-    from ecgfm.config import load_config
-    from ecgfm.train import train_and_evaluate
+    from ecgfm.checkpoint import CheckpointMismatchError
+    from ecgfm.config import ConfigError, load_config
+    from ecgfm.train import Preempted, train_and_evaluate
 
-    config = load_config(args.config, overrides)
-    train_and_evaluate(config, args.workdir)
+    try:
+        train_and_evaluate(load_config(args.config, overrides), args.workdir)
+    except (ConfigError, CheckpointMismatchError) as error:
+        print(f"ecgfm pretrain: {error}", file=sys.stderr)
+        return 2
+    except Preempted as preempted:  # a distinct code, so a requeue script can tell
+        print(f"ecgfm pretrain: {preempted}", file=sys.stderr)
+        return preempted.exit_code
     return 0
 
 

@@ -16,12 +16,19 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ecgfm import checkpoint, sharding
+from ecgfm.train import PREEMPTED_EXIT_CODE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TRAIN = (
-    "import sys; from ecgfm.config import load_config; from ecgfm.train import train_and_evaluate;"
-    " train_and_evaluate(load_config('experiments/configs/smoke.py', sys.argv[2:]), sys.argv[1])"
-)
+# As the CLI does: a preempted run exits with its documented code.
+TRAIN = """
+import sys
+from ecgfm.config import load_config
+from ecgfm.train import Preempted, train_and_evaluate
+try:
+    train_and_evaluate(load_config("experiments/configs/smoke.py", sys.argv[2:]), sys.argv[1])
+except Preempted as preempted:
+    sys.exit(preempted.exit_code)
+"""
 OVERRIDES = [
     "train.steps=24", "train.checkpoint_every=4", "train.eval_every=0",
     "data.synthetic_exams=48", "train.async_checkpoint=true",
@@ -46,26 +53,37 @@ def _finished(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
-@pytest.mark.slow
-def test_kill_9_mid_run_then_rerun_continues_bit_exactly(tmp_path):
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    # Same data in both (generating it is not what is being tested).
-    proc = _train(reference)
-    _finished(proc)
-    (interrupted).mkdir()
-    os.symlink(reference / "data", interrupted / "data")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> pathlib.Path:
+    """An uninterrupted 24-step run; its data folder is shared by the interrupted runs."""
+    workdir = tmp_path_factory.mktemp("reference")
+    _finished(_train(workdir))
+    return workdir
 
-    proc = _train(interrupted)
+
+def _interrupt_after_first_checkpoint(
+    reference: pathlib.Path, workdir: pathlib.Path, signum: int
+) -> subprocess.Popen:
+    workdir.mkdir()
+    os.symlink(reference / "data", workdir / "data")  # generating data is not under test
+    proc = _train(workdir)
     deadline = time.time() + 180
     while time.time() < deadline:
-        steps = [int(p.name) for p in (interrupted / "checkpoints").glob("*") if p.name.isdigit()]
-        metrics = interrupted / "metrics.jsonl"
+        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+        metrics = workdir / "metrics.jsonl"
         done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
         if steps and done > max(steps) + 1:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signum)
+    return proc
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_continues_bit_exactly(reference, tmp_path):
+    interrupted = tmp_path / "interrupted"
+    proc = _interrupt_after_first_checkpoint(reference, interrupted, signal.SIGKILL)
     proc.wait()
     killed_at = max(_losses(interrupted))
     assert killed_at < 24
@@ -74,6 +92,24 @@ def test_kill_9_mid_run_then_rerun_continues_bit_exactly(tmp_path):
     expected, got = _losses(reference), _losses(interrupted)
     assert sorted(got) == list(range(1, 25))
     assert got == expected  # bit-exact, every step
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_as_preempted_and_the_rerun_continues(reference, tmp_path):
+    preempted = tmp_path / "preempted"
+    proc = _interrupt_after_first_checkpoint(reference, preempted, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == PREEMPTED_EXIT_CODE == 143, err[-3000:]
+    stopped_at = max(_losses(preempted))
+    assert stopped_at < 24
+    # The step it stopped at is on disk, so nothing logged is redone.
+    steps = [int(p.name) for p in (preempted / "checkpoints").iterdir() if p.name.isdigit()]
+    assert max(steps) == stopped_at
+
+    _finished(_train(preempted))
+    expected, got = _losses(reference), _losses(preempted)
+    assert sorted(got) == list(range(1, 25))
+    assert got == expected
 
 
 def _state(mesh) -> dict:

@@ -1,6 +1,7 @@
 """The `ecgfm` command a researcher types: inspect, synth, plot, evaluate."""
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -112,3 +113,11 @@ def test_prepare_then_inspect_a_built_dataset(capsys, tmp_path):
     assert summary["format"] == "tfds"
     assert sum(split["num_records"] for split in summary["splits"].values()) == 12
     assert summary["preprocessing"] is not None or "preprocessing" in summary
+
+
+def test_pretrain_with_an_unknown_config_key_says_which_and_exits_2(capsys, tmp_path):
+    config = pathlib.Path(__file__).parents[1] / "experiments" / "configs" / "smoke.py"
+    args = ["pretrain", "--config", str(config), "--workdir", str(tmp_path / "w")]
+    assert main([*args, "--config.train.stepz=3"]) == 2
+    assert "train.stepz" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "checkpoints").exists()

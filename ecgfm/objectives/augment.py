@@ -150,7 +150,7 @@ def powerline_noise(
     and CPSC 2018's (China) on 50 Hz mains, and an encoder pretrained on CODE is transferred
     to both.
     """
-    frequencies = jnp.atleast_1d(jnp.asarray(powerline_hz, dtype=jnp.float32))
+    frequencies = np.atleast_1d(np.asarray(powerline_hz, dtype=np.float32))
 
     def apply(key: jax.Array, signal_TC: jax.Array) -> jax.Array:
         k_amp, k_phase, k_hz = jax.random.split(key, 3)

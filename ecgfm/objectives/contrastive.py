@@ -148,13 +148,14 @@ class ContrastiveObjective:
             raise ValueError(f"objective.method must be simclr or clocs, got {method!r}")
         if method == "clocs" and self.config.get("view") not in _CLOCS_VIEWS:
             raise ValueError(f"objective.view must be one of {_CLOCS_VIEWS} for CLOCS")
-        if method == "simclr" and not tuple(self.config.get("augmentations", ())):
+        # Unknown names or a missing sampling_rate fail here, not inside the jitted step.
+        chain = self._augmentations
+        if method == "simclr" and (not chain or self.config.get("augment_probability", 0.8) <= 0):
             raise ValueError(
-                "SimCLR without augmentations contrasts two identical views of each exam: "
-                "set objective.augmentations (e.g. ('random_crop_resize', 'amplitude_scale'))"
+                "SimCLR without augmentations contrasts two identical views of each exam: set "
+                "objective.augmentations (e.g. ('random_crop_resize', 'amplitude_scale')) and "
+                "a positive augment_probability"
             )
-        if self.config.get("augment_probability", 0.8) <= 0 and method == "simclr":
-            raise ValueError("SimCLR with augment_probability 0 gives two identical views")
 
     @property
     def _augmentations(self) -> list[augment.Augmentation]:
