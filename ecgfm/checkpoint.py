@@ -27,6 +27,7 @@ from orbax.checkpoint import checkpoint_managers
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoints"  # inside a run's workdir
 _STATE, _DATA = "state", "data"
 CORRUPT_DIR = "corrupt"
 

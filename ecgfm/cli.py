@@ -162,6 +162,7 @@ def _probe(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         head=args.head,
         baseline=None if args.no_baseline else "random",
+        threshold_rule=args.threshold_rule,
         num_bootstrap=args.bootstrap,
         on_error="skip" if args.skip_bad else "raise",
     )
@@ -181,6 +182,7 @@ def _finetune(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         config=FinetuneConfig(steps=args.steps, freeze_steps=args.freeze_steps),
         include_scratch=not args.no_baseline,
+        threshold_rule=args.threshold_rule,
         num_bootstrap=args.bootstrap,
     )
     _print_results(results, args.out)
@@ -229,6 +231,13 @@ def _add_transfer_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CIs")
     p.add_argument(
+        "--threshold-rule",
+        choices=("gbeta", "youden"),
+        default="gbeta",
+        help="per-class thresholds for F/G beta, fitted on the validation fold (gbeta: the PTB-XL "
+        "benchmark's grid search)",
+    )
+    p.add_argument(
         "--no-baseline", action="store_true", help="skip the random-init / from-scratch baseline"
     )
 
@@ -248,7 +257,7 @@ def _load_matrix(path: pathlib.Path, what: str):
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ecgfm.transfer.metrics import evaluate
+    from ecgfm.metrics import evaluate
 
     labels = _load_matrix(args.labels, "labels")
     scores = _load_matrix(args.scores, "scores")
@@ -259,6 +268,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             scores,
             class_names=args.class_names.split(",") if args.class_names else None,
             thresholds_K=thresholds,
+            thresholds_from=str(args.thresholds) if args.thresholds else "given",
             num_bootstrap=args.bootstrap,
             seed=args.seed,
         )

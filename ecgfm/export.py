@@ -51,7 +51,6 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
     Only the encoder's arrays and the step are read from the checkpoint (not the head or the
     optimizer's moments), onto this process's first device.
     """
-    from ecgfm.train import CHECKPOINT_DIR
 
     workdir, out_dir = pathlib.Path(workdir), pathlib.Path(out_dir)
     config = ConfigDict(json.loads((workdir / "config.json").read_text()))
@@ -63,7 +62,9 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
     }
     if jax.tree.leaves(encoder["model_state"]):
         target["model_state"] = {"encoder": encoder["model_state"]}
-    state = checkpoint.restore_state(workdir / CHECKPOINT_DIR, _on_one_device(target), partial=True)
+    state = checkpoint.restore_state(
+        workdir / checkpoint.CHECKPOINT_DIR, _on_one_device(target), partial=True
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save_tree(
         out_dir / "encoder",

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 State = dict[str, Any]
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
 
 
 def train_step(
@@ -349,9 +348,14 @@ def _continue_data_at(train_iter: Any, step: int) -> None:
     train_iter.set_state(position | {"next_index": step})
 
 
-def _to_host(tree: Any) -> Any:
-    """Fetch replicated arrays (also across processes) to numpy."""
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+def to_host(tree: Any) -> Any:
+    """Arrays to numpy: whole when this process holds every shard, else its replica.
+
+    Across processes an array must be replicated (or each process must want its own copy).
+    """
+    return jax.tree.map(
+        lambda x: np.asarray(x if x.is_fully_addressable else x.addressable_data(0)), tree
+    )
 
 
 def evaluate(
@@ -361,7 +365,7 @@ def evaluate(
     outputs = []
     for local_batch in batches:
         device_batch = distributed.global_batch(_device_fields(local_batch), batch_sharding)
-        outputs.append(_to_host(eval_fn(state, device_batch)))
+        outputs.append(to_host(eval_fn(state, device_batch)))
     merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
     return objective.eval_metrics(merged)
 
@@ -409,7 +413,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
 
     # Restore order: this workdir's latest checkpoint → config.resume → config.init_from → scratch.
     checkpointer = checkpoint.Checkpointer(
-        workdir / CHECKPOINT_DIR,
+        workdir / checkpoint.CHECKPOINT_DIR,
         save_every=train_cfg.checkpoint_every,
         keep=train_cfg.keep_checkpoints,
         async_save=train_cfg.get("async_checkpoint", True),
@@ -421,10 +425,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         log.info("resumed from %s at step %d", checkpointer.directory, start_step)
     elif config.get("resume"):
         resume = pathlib.Path(config.resume)
-        if (resume / CHECKPOINT_DIR).is_dir():  # a workdir rather than its checkpoints/
-            resume = resume / CHECKPOINT_DIR
+        if (resume / checkpoint.CHECKPOINT_DIR).is_dir():  # a workdir rather than its checkpoints/
+            resume = resume / checkpoint.CHECKPOINT_DIR
         state = checkpoint.restore_state(resume, target)
-        start_step = int(_to_host(state["step"]))
+        start_step = int(to_host(state["step"]))
         # The data stream continues where the resumed run's would have (same seed and batch
         # size: the batches it would have read next), instead of replaying its first batches.
         _continue_data_at(train_iter, start_step)
@@ -475,7 +479,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     )
 
     def fetch(step: int, device_metrics: dict) -> dict[str, float]:
-        metrics = {k: float(v) for k, v in _to_host(device_metrics).items()}
+        metrics = {k: float(v) for k, v in to_host(device_metrics).items()}
         if not math.isfinite(metrics["loss"]):
             raise FloatingPointError(f"loss is {metrics['loss']} at step {step}; stopping")
         if step == start_step + 1:

@@ -115,3 +115,25 @@ def test_batch_augmentation_does_not_depend_on_how_the_batch_is_split():
 def test_unknown_augmentation_is_refused_by_name():
     with pytest.raises(ValueError, match="wobble"):
         augment.build_augmentations(augment.AugmentConfig(names=("wobble",)))
+
+
+def test_powerline_noise_draws_50_or_60_hz_per_exam_by_default():
+    # CODE was recorded on 60 Hz mains, PTB-XL and CPSC 2018 on 50 Hz: both must occur.
+    apply = jax.jit(augment.powerline_noise(sampling_rate=RATE))
+    freqs = np.fft.rfftfreq(T, 1 / RATE)
+    seen = set()
+    for seed in range(16):
+        y = np.asarray(apply(jax.random.key(seed), jnp.zeros((T, 12))))
+        peaks = set(freqs[np.abs(np.fft.rfft(y, axis=0)).argmax(axis=0)])
+        assert len(peaks) == 1  # one mains frequency per exam, on every lead
+        seen |= peaks
+    assert seen == {50.0, 60.0}
+    y = np.asarray(augment.powerline_noise(0.1, 60.0, RATE)(jax.random.key(0), jnp.zeros((T, 12))))
+    assert np.all(freqs[np.abs(np.fft.rfft(y, axis=0)).argmax(axis=0)] == 60.0)
+
+
+def test_augmentations_in_seconds_refuse_an_unknown_sampling_rate():
+    for name in ("emg_noise", "baseline_wander", "powerline_noise"):
+        with pytest.raises(ValueError, match="sampling_rate"):
+            augment.build_augmentations(augment.AugmentConfig(names=(name,)))
+    assert len(augment.build_augmentations(augment.AugmentConfig(names=("three_kg",)))) == 1

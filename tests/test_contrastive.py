@@ -13,9 +13,9 @@ from ml_collections import ConfigDict
 from sklearn.linear_model import LogisticRegression
 
 from ecgfm import sharding, train
+from ecgfm.metrics import macro_auroc
 from ecgfm.objectives import health, make_objective
 from ecgfm.objectives.contrastive import info_nce
-from ecgfm.transfer.metrics import macro_auroc
 
 T = 64  # samples: 4 patches of 16 per lead
 
@@ -189,3 +189,22 @@ def test_simclr_probe_beats_a_random_encoder(simclr_run):
     )
     trained, random = probe_auroc(graphdef, state, 4), probe_auroc(graphdef, random_state, 4)
     assert trained > random + 0.02, (trained, random)
+
+
+def test_simclr_without_augmentations_is_refused():
+    # Its two views would be the same signal: the loss is trivially minimised.
+    for objective in ({"method": "simclr", "augmentations": ()}, {"method": "simclr"}):
+        with pytest.raises(ValueError, match="identical views"):
+            make_objective(tiny_config(**objective))
+    with pytest.raises(ValueError, match="identical views"):
+        make_objective(
+            tiny_config(method="simclr", augmentations=("amplitude_scale",), augment_probability=0)
+        )
+    make_objective(tiny_config(method="clocs", view="cmsc", augmentations=()))  # views differ
+
+
+def test_time_based_augmentations_need_the_sampling_rate():
+    names = ("amplitude_scale", "baseline_wander")
+    with pytest.raises(ValueError, match="sampling_rate"):
+        make_objective(tiny_config(method="simclr", augmentations=names))
+    make_objective(tiny_config(method="simclr", augmentations=names, sampling_rate=500.0))

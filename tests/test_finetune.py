@@ -13,16 +13,17 @@ from ecgfm.config import load_config
 from ecgfm.data.record import EcgRecord
 from ecgfm.data.synthetic.ptbxl import write_ptbxl_dataset
 from ecgfm.export import export_encoder, load_encoder
+from ecgfm.metrics import macro_auroc
 from ecgfm.train import train_and_evaluate
 from ecgfm.transfer import protocol
 from ecgfm.transfer.finetune import (
     EarlyStopping,
+    EvalWindows,
     FinetuneConfig,
     FinetuneMethod,
     prepare_inputs,
     run_finetune,
 )
-from ecgfm.transfer.metrics import macro_auroc
 
 RATE, RECORD_SAMPLES = 100, 500  # 5 s records; windows of 2.5 s = 250 samples
 CONFIG = FinetuneConfig(
@@ -198,3 +199,31 @@ def test_run_finetune_reports_finetune_and_scratch_side_by_side(exported, tmp_pa
     assert "| finetune | 1 |" in markdown and "| scratch | 1 |" in markdown
     for name in ("roc.png", "label_fractions.png", "predictions.npz"):
         assert (out / name).stat().st_size > 0
+
+
+def test_mean_aggregation_averages_the_window_probabilities(exported):
+    # The benchmark averages sigmoid outputs over a record's windows, not the logits.
+    task = _toy_task()
+    task.spec = protocol.ptbxl_task("superdiagnostic", RATE, protocol.Windowing(aggregation="mean"))
+    encoder = load_encoder(exported)
+    inputs = prepare_inputs(task, encoder.preprocessing)
+    method = FinetuneMethod(inputs, encoder.config["model"], encoder.config["hparams"], CONFIG)
+    compiled = method._compile(CONFIG.total_steps(48))
+    windows = inputs.test
+    each_alone = EvalWindows(
+        windows.windows_WTC, np.arange(len(windows.windows_WTC)), len(windows.windows_WTC)
+    )
+    with jax.set_mesh(compiled.mesh):
+        state = compiled.init(jax.random.key(0))
+        state["params"]["head"] = jax.tree.map(lambda w: 20 * w, state["params"]["head"])
+        window_logits = method._scores(compiled, state, each_alone)
+        record_logits = method._scores(compiled, state, windows)
+    window_probability = 1 / (1 + np.exp(-window_logits))
+    expected = np.stack(
+        [window_probability[windows.record_of_window_W == n].mean(axis=0) for n in range(24)]
+    )
+    np.testing.assert_allclose(1 / (1 + np.exp(-record_logits)), expected, rtol=1e-5, atol=1e-7)
+    mean_logit = np.stack(
+        [window_logits[windows.record_of_window_W == n].mean(axis=0) for n in range(24)]
+    )
+    assert np.abs(1 / (1 + np.exp(-mean_logit)) - expected).max() > 1e-3  # the test can tell

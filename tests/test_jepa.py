@@ -13,9 +13,9 @@ from ml_collections import ConfigDict
 from sklearn.linear_model import LogisticRegression
 
 from ecgfm import sharding, train
+from ecgfm.metrics import macro_auroc
 from ecgfm.objectives import make_objective
 from ecgfm.objectives.jepa import block_indices, context_indices
-from ecgfm.transfer.metrics import macro_auroc
 
 T = 64  # samples: 4 patches of 16 per lead, a 12 × 4 token grid
 MOMENTUM = 0.9
@@ -162,3 +162,53 @@ def test_loss_is_the_same_on_one_and_eight_devices():
             return float(loss(jax.device_put(state, NamedSharding(mesh, PartitionSpec())), batch))
 
     assert loss_on(jax.devices()[:8]) == pytest.approx(loss_on(jax.devices()[:1]), rel=1e-5)
+
+
+def test_with_accumulation_the_target_moves_once_per_optimizer_step_by_the_momentum():
+    # Two micro-batches per optimizer step: the online weights stay put during the cycle, and
+    # the target must end one EMA step with `MOMENTUM` closer to them, not two.
+    config = tiny_config()
+    config.optim = ConfigDict({"grad_accum_steps": 2})
+    objective = make_objective(config)
+    tx = optax.MultiSteps(optax.adam(3e-3), every_k_schedule=2)
+    state = train.init_state(config, objective, tx, 0, jax.random.key(0))
+    # Move the target away from the online encoder so that the momentum shows.
+    state["model_state"]["target_encoder"] = jax.tree.map(
+        lambda t: t + 0.5, state["model_state"]["target_encoder"]
+    )
+    before = {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "model_state")}
+    graphdef = nnx.graphdef(objective.build_model(config, 0, nnx.Rngs(params=0)))
+    step = jax.jit(
+        functools.partial(
+            train.train_step, graphdef, objective=objective, tx=tx,
+            schedule=optax.constant_schedule(3e-3), accum_steps=2,
+        )
+    )  # fmt: skip
+    for seed in (5, 6):
+        signal, _ = synthetic_exams(8, seed=seed)
+        state, _ = step(state, {"signal": jnp.asarray(signal), "mask": jnp.ones(8)})
+    expected = jax.tree.map(
+        lambda t, o: MOMENTUM * t + (1 - MOMENTUM) * o,
+        before["model_state"]["target_encoder"],
+        before["params"]["encoder"],
+    )
+    for got, want in zip(
+        jax.tree.leaves(state["model_state"]["target_encoder"]),
+        jax.tree.leaves(expected),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # The optimizer did step once: the online encoder moved.
+    moved = jax.tree.map(
+        lambda a, b: not np.allclose(a, b), state["params"]["encoder"], before["params"]["encoder"]
+    )
+    assert any(jax.tree.leaves(moved))
+
+
+def test_make_objective_passes_the_accumulation_steps_and_defaults_to_one():
+    config = tiny_config()
+    assert make_objective(config).accum_steps == 1
+    config.optim = ConfigDict({"grad_accum_steps": 4})
+    objective = make_objective(config)
+    assert objective.accum_steps == 4
+    assert objective.micro_batch_momentum**4 == pytest.approx(MOMENTUM)

@@ -13,9 +13,9 @@ from ml_collections import ConfigDict
 from sklearn.linear_model import LogisticRegression
 
 from ecgfm import sharding, train
-from ecgfm.objectives import make_objective
+from ecgfm.metrics import macro_auroc
+from ecgfm.objectives import make_objective, masked
 from ecgfm.objectives.masked import patchify, random_token_split
-from ecgfm.transfer.metrics import macro_auroc
 
 T = 64  # samples: 4 patches of 16 per lead, 48 tokens
 
@@ -142,3 +142,27 @@ def test_probe_beats_a_random_encoder(mae_run):
     )
     trained, random = probe_auroc(graphdef, state, 4), probe_auroc(graphdef, random_state, 4)
     assert trained > random + 0.02, (trained, random)
+
+
+@pytest.mark.parametrize("norm_targets", [True, False])
+def test_loss_ignores_the_patches_the_encoder_sees(norm_targets, monkeypatch):
+    # The targets at kept positions are NaN: a loss that read them would be NaN or change.
+    config = tiny_config(norm_targets=norm_targets)
+    objective = make_objective(config)
+    model = objective.build_model(config, 0, nnx.Rngs(params=0))
+    signal = jnp.asarray(synthetic_exams(4, seed=5)[0])
+    key = jax.random.key(3)
+    loss = jax.jit(
+        lambda x: objective.reconstruction_loss(model, x, key, train=False, rngs=None)[0]
+    )
+    clean = np.asarray(loss(signal))
+    kept, _ = random_token_split(key, 4, 48, 12)  # 25 % of 48 tokens kept, same key and draw
+
+    def nan_at_kept(signal_btc, patch_size):
+        patches = patchify(signal_btc, patch_size)
+        return patches.at[jnp.arange(4)[:, None], kept].set(jnp.nan)
+
+    monkeypatch.setattr(masked, "patchify", nan_at_kept)
+    poisoned = np.asarray(loss(signal))
+    assert np.isfinite(poisoned).all()
+    np.testing.assert_array_equal(poisoned, clean)

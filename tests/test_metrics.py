@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ecgfm.transfer import metrics
+from ecgfm import metrics
 
 
 def _random_case(seed: int, n: int = 300, k: int = 5, ties: bool = False):
@@ -139,3 +139,97 @@ def test_mismatched_shapes_and_non_binary_labels_are_refused():
         metrics.macro_auroc(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="0 or 1"):
         metrics.macro_auroc(np.full((3, 2), 2), np.zeros((3, 2)))
+
+
+def test_bootstrap_keeps_every_class_with_a_dozen_one_positive_classes():
+    # PTB-XL's fold 10 has classes with one positive: each is missing from e^-1 ≈ 37 % of
+    # plain resamples, so with 12 of them only ~0.4 % of resamples are usable.
+    rng = np.random.default_rng(0)
+    n = 2000
+    labels = rng.random((n, 16)) < 0.2
+    labels[:, :12] = False
+    labels[rng.choice(n, 12, replace=False), np.arange(12)] = True
+    weights = metrics.bootstrap_weights(labels, 200, seed=0)
+    positives = weights @ labels
+    assert weights.shape == (200, n)
+    assert (positives > 0).all() and (positives < n).all()
+    np.testing.assert_array_equal(weights.sum(axis=1), np.full(200, n))
+    assert np.all(weights == np.round(weights)) and weights.min() >= 0
+
+
+def test_bootstrap_is_the_ordinary_bootstrap_conditioned_on_keeping_every_class():
+    # One positive among 30: its draw count given that it is drawn at least once has mean
+    # 1 / (1 − (29/30)^30); the others share the rest equally.
+    labels = np.zeros((30, 2), dtype=bool)
+    labels[0, 0] = True
+    labels[:15, 1] = True
+    weights = metrics.bootstrap_weights(labels, 20000, seed=1)
+    expected = 1 / (1 - (29 / 30) ** 30)
+    assert weights[:, 0].min() >= 1
+    assert weights[:, 0].mean() == pytest.approx(expected, rel=0.02)
+    np.testing.assert_allclose(weights[:, 1:].mean(axis=0), (30 - expected) / 29, rtol=0.03)
+
+
+def test_bootstrap_that_cannot_keep_every_class_names_the_classes():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((50, 3), dtype=bool)
+    labels[:25, 0] = True
+    labels[rng.choice(50, 2, replace=False), [1, 2]] = True
+    with pytest.raises(ValueError, match=r"rare_a \(1 of 50 positive\)"):
+        metrics.bootstrap_weights(
+            labels, 100, seed=0, max_draws=50, class_names=["common", "rare_a", "rare_b"]
+        )
+
+
+def test_thresholds_must_be_one_per_class():
+    scores = np.array([[0.1, 0.3, 0.2], [0.9, 0.1, 0.8]])
+    labels = np.array([[0, 1, 0], [1, 0, 1]])
+    for bad in (np.array([0.5]), np.array([[0.5, 0.5, 0.5]]), np.array([0.5, 0.5])):
+        with pytest.raises(ValueError, match=r"one threshold per class, shape \(3,\)"):
+            metrics.apply_thresholds(scores, bad)
+        with pytest.raises(ValueError, match=r"shape \(3,\)"):
+            metrics.evaluate(labels, scores, thresholds_K=bad, num_bootstrap=0)
+
+
+def _benchmark_gbeta_threshold_loop(y_true_N, y_prob_N, n_thresholds=100):
+    """find_optimal_cutoff_threshold_for_Gbeta, rewritten independently: per threshold, the
+    benchmark's per-example loop with every example weighing 1 (single=True)."""
+    best_t, best_g = None, None
+    for t in np.linspace(0.0, 1.0, n_thresholds):
+        tp = fp = fn = 0.0
+        for y, p in zip(y_true_N, y_prob_N, strict=True):
+            predicted = p > t
+            tp += float(y == 1 and predicted)
+            fp += float(y == 0 and predicted)
+            fn += float(y == 1 and not predicted)
+        g = tp / (tp + fp + 2 * fn)
+        if best_g is None or g > best_g:  # np.argmax: the first of equal maxima
+            best_t, best_g = t, g
+    return best_t
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gbeta_thresholds_are_the_benchmarks(seed):
+    labels, scores = _random_case(seed, n=150)
+    probabilities = 1 / (1 + np.exp(-scores))
+    if seed % 2:
+        probabilities = np.round(probabilities, 2)  # ties with the grid points
+    got = metrics.gbeta_thresholds(labels, probabilities)
+    for k in range(labels.shape[1]):
+        assert got[k] == _benchmark_gbeta_threshold_loop(labels[:, k], probabilities[:, k])
+
+
+def test_gbeta_thresholds_need_probabilities():
+    labels, scores = _random_case(0)
+    with pytest.raises(ValueError, match="probabilities"):
+        metrics.gbeta_thresholds(labels, scores * 10)
+
+
+def test_evaluate_says_where_its_thresholds_came_from():
+    labels, scores = _random_case(3)
+    fitted_here = metrics.evaluate(labels, scores, num_bootstrap=0)
+    assert fitted_here["thresholds_from"] == "youden on these labels"
+    given = metrics.evaluate(
+        labels, scores, thresholds_K=np.zeros(5), thresholds_from="validation", num_bootstrap=0
+    )
+    assert given["thresholds_from"] == "validation" and given["thresholds"] == [0.0] * 5

@@ -3,17 +3,20 @@
 import numpy as np
 import pytest
 
+from ecgfm.metrics import gbeta_thresholds, per_class_auroc, youden_thresholds
 from ecgfm.transfer.protocol import (
     BENCHMARK_WINDOWING,
     MethodOutput,
     TaskData,
     TaskSpec,
     Windowing,
+    aggregate_window_logits,
     aggregate_windows,
     cpsc2018_task,
     cut_windows,
     ptbxl_task,
     run_study,
+    validation_macro_auroc,
 )
 
 
@@ -126,7 +129,9 @@ def test_study_runs_every_method_fraction_and_seed_and_compares_to_the_reference
     assert results["classes_not_evaluated"] == ["d"]
     assert results["classes_evaluated"] == ["a", "b", "c"]
     good_full = results["runs"][2]["test"]
-    assert good_full["macro_auroc"] > 0.95 and good_full["thresholds_from"] == "given"
+    assert good_full["macro_auroc"] > 0.95
+    assert good_full["thresholds_from"] == "gbeta on validation probabilities"
+    assert results["thresholds"]["rule"] == "gbeta"
     assert "macro_auroc_ci" in good_full
     assert {c["fraction"] for c in results["comparisons"]} == {0.1, 1.0}
     assert all(c["difference"] > 0.2 and c["ci"][0] > 0 for c in results["comparisons"])
@@ -141,3 +146,59 @@ def test_task_specs_are_recorded_with_cpsc_split_rules():
         TaskSpec("ptbxl", "all", 100, split_file="x.json")
     with pytest.raises(ValueError, match="one task"):
         TaskSpec("cpsc2018", "all", 500)
+
+
+def test_mean_aggregation_averages_probabilities_as_the_benchmark():
+    logits_WK = np.array([[-2.0, 40.0], [1.0, 50.0], [3.0, -800.0], [0.5, -700.0], [0.0, 0.0]])
+    owner_W = np.array([0, 0, 1, 1, 2])
+    got = aggregate_window_logits(logits_WK, owner_W, 3, "mean")
+    probabilities = 1 / (1 + np.exp(-logits_WK[:, :1]))
+    mean_probability = np.array([probabilities[:2].mean(), probabilities[2:4].mean(), 0.5])
+    np.testing.assert_allclose(1 / (1 + np.exp(-got[:, 0])), mean_probability, rtol=1e-12)
+    # Where σ rounds to 1 or 0 the result stays a finite, ordered logit.
+    assert np.isfinite(got).all() and got[0, 1] > 40 and got[1, 1] < -690
+    # log of the mean probability, σ(x) ≈ e^x far below 0: log((e^-800 + e^-700) / 2).
+    np.testing.assert_allclose(got[1, 1], np.logaddexp(-800.0, -700.0) - np.log(2))
+    np.testing.assert_allclose(
+        aggregate_window_logits(logits_WK, owner_W, 3, "max"), [[1, 50], [3, -700], [0, 0]]
+    )
+
+
+def test_validation_macro_auroc_skips_classes_with_one_label_value():
+    labels = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]], bool)
+    scores = np.array([[0.9, 0.1, 0.2], [0.1, 0.2, 0.3], [0.2, 0.3, 0.4], [0.3, 0.4, 0.5]])
+    assert validation_macro_auroc(labels, scores) == per_class_auroc(labels[:, :1], scores[:, :1])
+    with pytest.raises(ValueError, match="cannot choose λ"):
+        validation_macro_auroc(labels[:, 1:], scores[:, 1:], "choose λ")
+
+
+class _Fixed:
+    """Fixed validation and test logits."""
+
+    def __init__(self, validation, test):
+        self.validation, self.test = validation, test
+
+    def fit_predict(self, train_index, seed):
+        return MethodOutput(self.validation, self.test, {})
+
+
+@pytest.mark.parametrize("rule", ["gbeta", "youden"])
+def test_thresholds_are_fitted_on_validation_probabilities_never_on_test(rule):
+    task = _random_task(num_classes=4)
+    rng = np.random.default_rng(1)
+    val_logits = 2 * task.labels["validation"] + rng.normal(size=(150, 4))
+    test_logits = 2 * task.labels["test"] + rng.normal(size=(150, 4))
+    kwargs = dict(fractions=(1.0,), seeds=(0,), num_bootstrap=0)
+    kwargs |= {} if rule == "gbeta" else {"threshold_rule": rule}  # Gβ is the default
+    runs = [
+        run_study(task, {"m": _Fixed(val_logits, test)}, **kwargs)[0]["runs"][0]["test"]
+        for test in (test_logits, -test_logits)
+    ]
+    kept = [0, 1, 2]  # class "d" has no test positive
+    fit = {"gbeta": gbeta_thresholds, "youden": youden_thresholds}[rule]
+    expected = fit(task.labels["validation"][:, kept], 1 / (1 + np.exp(-val_logits[:, kept])))
+    for run in runs:
+        np.testing.assert_allclose(run["thresholds"], expected)
+        assert run["thresholds_from"] == f"{rule} on validation probabilities"
+    with pytest.raises(ValueError, match="threshold_rule"):
+        run_study(task, {"m": _Fixed(val_logits, test_logits)}, **kwargs | {"threshold_rule": "f1"})

@@ -99,3 +99,20 @@ def test_roc_curve_of_a_perfect_and_an_inverted_score():
     np.testing.assert_allclose(np.trapezoid(tpr, fpr), 1.0)
     fpr, tpr = report.roc_curve(labels, np.array([0.9, 0.8, 0.2, 0.1]))
     np.testing.assert_allclose(np.trapezoid(tpr, fpr), 0.0)
+
+
+def test_each_csv_row_carries_the_protocol_and_versions(tmp_path):
+    # A row pasted on its own still says which split, windowing, seeds and stack produced it.
+    results, predictions = _results(tmp_path)
+    files = report.write_report(results, predictions, tmp_path)
+    rows = list(csv.DictReader(files["csv"].open()))
+    assert {"preprocessing", "protocol", "versions", "seed"} <= set(rows[0])
+    for row, run in zip(rows, results["runs"], strict=True):
+        recorded = json.loads(row["protocol"])
+        assert recorded["split"] == results["protocol"]["split"]
+        assert "strat_fold [10]" in recorded["split"]
+        assert recorded["windowing"] == {
+            "window_s": 2.5, "train_stride_s": 2.5, "eval_stride_s": 1.25, "aggregation": "max",
+        }  # fmt: skip
+        assert recorded["seeds"] == [0, 1] and int(row["seed"]) == run["seed"]
+        assert json.loads(row["versions"]) == {"ecgfm": "0.1.0", "jax": "x", "flax": "y"}

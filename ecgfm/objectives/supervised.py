@@ -12,7 +12,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from ecgfm import models
-from ecgfm.transfer.metrics import per_class_auroc
+from ecgfm.metrics import per_class_auroc
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def masked_bce(
 def masked_macro_auroc(
     scores_BK: np.ndarray, labels_BK: np.ndarray, weight_BK: np.ndarray
 ) -> float:
-    """Mean AUROC (`ecgfm.transfer.metrics.per_class_auroc`) over classes, weight-0 entries out.
+    """Mean AUROC (`ecgfm.metrics.per_class_auroc`) over classes, weight-0 entries out.
 
     A class with only one label value among the kept entries has no AUROC and is skipped; NaN
     when no class qualifies.

@@ -49,13 +49,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from ecgfm import checkpoint, distributed, sharding, train
+from ecgfm import checkpoint, distributed, metrics, sharding, train
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import EcgFormatError, OnError, SkipLog, handle_bad_record
 from ecgfm.data.splits import TEST, TRAIN, VALIDATION
 from ecgfm.objectives import make_objective
 from ecgfm.optim import make_group_optimizer, make_schedule
-from ecgfm.transfer import metrics, report
+from ecgfm.transfer import report
 from ecgfm.transfer.embed import hash_path, record_windows
 from ecgfm.transfer.label_fractions import DEFAULT_FRACTIONS
 from ecgfm.transfer.probe import versions
@@ -387,13 +387,6 @@ def _compile(model: str, hparams_json: str, num_classes: int, config: FinetuneCo
     return _Compiled(mesh, target, init, step, evaluate)
 
 
-def _host(tree: Any) -> Any:
-    """Replicated (or fully addressable) arrays to numpy, also across processes."""
-    return jax.tree.map(
-        lambda x: np.asarray(x if x.is_fully_addressable else x.addressable_data(0)), tree
-    )
-
-
 def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """This process's rows of a global batch that every process computed alike."""
     size = len(next(iter(batch.values()))) // jax.process_count()
@@ -454,7 +447,7 @@ class FinetuneMethod:
             out = compiled.eval(
                 state, distributed.global_batch(_process_rows(batch), batch_sharding)
             )
-            logits.append(_host(out["logits"])[:rows])
+            logits.append(train.to_host(out["logits"])[:rows])
         return aggregate_window_logits(
             np.concatenate(logits), windows.record_of_window_W, windows.num_records,
             self.inputs.aggregation,
@@ -495,7 +488,7 @@ class FinetuneMethod:
                     step += 1
                     if step % cfg.eval_every and step != total:
                         continue
-                    loss = float(_host(step_metrics["loss"]))
+                    loss = float(train.to_host(step_metrics["loss"]))
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"fine-tuning loss is {loss} at step {step}")
                     score = validation_macro_auroc(
@@ -518,7 +511,7 @@ class FinetuneMethod:
             val_scores = self._scores(compiled, best, self.inputs.validation)
             test_scores = self._scores(compiled, best, self.inputs.test)
         return Fit(
-            state=_host({k: best[k] for k in ("params", "model_state")}),
+            state=train.to_host({k: best[k] for k in ("params", "model_state")}),
             best_step=best_step,
             steps_run=step,
             history=history,

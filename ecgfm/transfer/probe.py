@@ -30,9 +30,10 @@ import numpy as np
 import optax
 
 import ecgfm
+from ecgfm import metrics
 from ecgfm.data.record import OnError
 from ecgfm.data.splits import TEST, TRAIN, VALIDATION
-from ecgfm.transfer import metrics, report
+from ecgfm.transfer import report
 from ecgfm.transfer.embed import Embeddings, FrozenEncoder, embed_records, from_export, random_twin
 from ecgfm.transfer.label_fractions import DEFAULT_FRACTIONS
 from ecgfm.transfer.protocol import (

@@ -36,12 +36,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import scipy.special
 
+from ecgfm import metrics
 from ecgfm.data import splits as splits_lib
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018, read_reference
 from ecgfm.data.ptbxl import TASKS as PTBXL_TASKS
 from ecgfm.data.ptbxl import PtbXl
 from ecgfm.data.record import EcgRecord
-from ecgfm.transfer import metrics
 from ecgfm.transfer.label_fractions import nested_label_fractions
 
 SPLITS: tuple[str, ...] = (splits_lib.TRAIN, splits_lib.VALIDATION, splits_lib.TEST)

@@ -3,7 +3,8 @@
 Command (CPU is enough):
     ecgfm pretrain --config experiments/configs/smoke_jepa.py --workdir /tmp/ecgfm_jepa
 
-Hardware: any CPU (2 idle cores: about a minute; measured 134 s on a heavily shared machine).
+Hardware: any CPU. Measured: 31 s wall on 2 CPU cores with load average 3.3 (shared machine),
+including compilation.
 `smoke.py`'s data and schedule, the ViT of
 `smoke_mae.py`; 4 target blocks of 6 leads × 2 patches of the 12 × 16 token grid.
 Expected (measured): the smooth-L1 prediction loss falls from ≈0.72 to ≈0.36,

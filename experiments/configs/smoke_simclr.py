@@ -3,9 +3,10 @@
 Command (CPU is enough):
     ecgfm pretrain --config experiments/configs/smoke_simclr.py --workdir /tmp/ecgfm_simclr
 
-Hardware: any CPU (2 idle cores: under a minute; measured 110 s on a heavily shared machine).
+Hardware: any CPU. Measured: 25 s wall on 2 CPU cores with load average 2.3 (shared machine),
+including compilation.
 Data, model, optimizer and schedule are `smoke.py`'s (192 synthetic CODE-layout exams, 40 steps
-of batch 16, 2.56 s windows). Expected (measured): the NT-Xent loss falls from ≈2.7 to ≈0.6,
+of batch 16, 2.56 s windows). Expected (measured): the NT-Xent loss falls from ≈2.4 to ≈0.5,
 val_loss ≈1.1 at step 40; train and val `embedding_std` stay ≈0.4–0.5 (a collapsed encoder
 logs ≈0), `uniformity` below 0.
 """
