@@ -10,14 +10,12 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
-from sklearn.linear_model import LogisticRegression
+from ssl_helpers import probe_auroc, synthetic_exams
 
 from ecgfm import sharding, train
-from ecgfm.metrics import macro_auroc
 from ecgfm.objectives import make_objective
 from ecgfm.objectives.jepa import block_indices, context_indices
 
-T = 64  # samples: 4 patches of 16 per lead, a 12 × 4 token grid
 MOMENTUM = 0.9
 
 
@@ -34,19 +32,6 @@ def tiny_config(**objective) -> ConfigDict:
          **objective}
     )  # fmt: skip
     return config
-
-
-def synthetic_exams(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`[n, T, 12]` signals whose label (0/1) sets the frequency of a wave with random phase,
-    per-lead gain and noise."""
-    rng = np.random.default_rng(seed)
-    label = rng.integers(0, 2, n)
-    cycles = np.where(label == 1, 2.0, 5.0)[:, None]
-    t = np.arange(T) / T
-    wave = np.sin(2 * np.pi * cycles * t + rng.uniform(0, 2 * np.pi, (n, 1)))
-    gain = rng.uniform(0.5, 1.5, (n, 1, 12)) * rng.choice([-1, 1], (n, 1, 12))
-    signal = wave[:, :, None] * gain + rng.normal(size=(n, T, 12))
-    return signal.astype(np.float32), label
 
 
 def test_target_blocks_are_lead_by_time_rectangles_and_context_avoids_them():
@@ -124,15 +109,6 @@ def test_ema_update_runs_inside_the_jitted_step(jepa_run):
 def test_prediction_loss_decreases(jepa_run):
     _, _, losses, _, _ = jepa_run
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
-
-
-def probe_auroc(graphdef, state, seed):
-    """Logistic-regression probe on the pooled embedding: fit on 48 exams, AUROC on 48 others."""
-    model = nnx.merge(graphdef, state["params"], state["model_state"])
-    signal, label = synthetic_exams(96, seed=seed)
-    embedding = np.asarray(jax.jit(lambda x: model.encoder(x, train=False).embedding_BD)(signal))
-    probe = LogisticRegression(max_iter=2000).fit(embedding[:48], label[:48])
-    return macro_auroc(label[48:, None], probe.decision_function(embedding[48:])[:, None])
 
 
 def test_probe_beats_a_random_encoder(jepa_run):
