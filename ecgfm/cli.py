@@ -144,49 +144,46 @@ def _task_spec(args: argparse.Namespace):
     return cpsc2018_task(windowing, split_file=args.split_file)
 
 
-def _print_results(results: dict, out: pathlib.Path) -> None:
-    table = out / "results.md"
+def _run_study(args: argparse.Namespace, run, **method_options) -> int:
+    """Runs `run_probe` or `run_finetune` with the arguments both share, then prints the table."""
+    results = run(
+        args.encoder,
+        _task_spec(args),
+        args.data_root,
+        args.out,
+        label_fractions=args.fractions,
+        seeds=args.seeds,
+        threshold_rule=args.threshold_rule,
+        num_bootstrap=args.bootstrap,
+        **method_options,
+    )
+    table = args.out / "results.md"
     print(table.read_text() if table.is_file() else json.dumps(results, indent=2, default=str))
-    print(f"results, plots and provenance in {out}")
+    print(f"results, plots and provenance in {args.out}")
+    return 0
 
 
 def _probe(args: argparse.Namespace) -> int:
     from ecgfm.transfer.probe import run_probe
 
-    results = run_probe(
-        args.encoder,
-        _task_spec(args),
-        args.data_root,
-        args.out,
-        label_fractions=args.fractions,
-        seeds=args.seeds,
+    return _run_study(
+        args,
+        run_probe,
         head=args.head,
         baseline=None if args.no_baseline else "random",
-        threshold_rule=args.threshold_rule,
-        num_bootstrap=args.bootstrap,
         on_error="skip" if args.skip_bad else "raise",
     )
-    _print_results(results, args.out)
-    return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from ecgfm.transfer.finetune import FinetuneConfig, run_finetune
 
-    results = run_finetune(
-        args.encoder,
-        _task_spec(args),
-        args.data_root,
-        args.out,
-        label_fractions=args.fractions,
-        seeds=args.seeds,
+    return _run_study(
+        args,
+        run_finetune,
         config=FinetuneConfig(steps=args.steps, freeze_steps=args.freeze_steps),
         include_scratch=not args.no_baseline,
-        threshold_rule=args.threshold_rule,
-        num_bootstrap=args.bootstrap,
     )
-    _print_results(results, args.out)
-    return 0
 
 
 def _floats(text: str) -> tuple[float, ...]:

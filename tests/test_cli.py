@@ -121,3 +121,26 @@ def test_pretrain_with_an_unknown_config_key_says_which_and_exits_2(capsys, tmp_
     assert main([*args, "--config.train.stepz=3"]) == 2
     assert "train.stepz" in capsys.readouterr().err
     assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_pretrain_export_probe_and_finetune_from_the_command_line(capsys, tmp_path):
+    config = pathlib.Path(__file__).parents[1] / "experiments" / "configs" / "smoke.py"
+    run = tmp_path / "run"
+    overrides = ["--config.train.steps=3", "--config.train.eval_every=0",
+                 "--config.data.synthetic_exams=32"]  # fmt: skip
+    assert main(["pretrain", "--config", str(config), "--workdir", str(run), *overrides]) == 0
+    assert main(["export", "--workdir", str(run), "--out", str(tmp_path / "encoder")]) == 0
+    assert main(["synth", "ptbxl", "--out", str(tmp_path / "ptbxl"), "--exams", "60"]) == 0
+    common = ["--encoder", str(tmp_path / "encoder"), "--dataset", "ptbxl",
+              "--data-root", str(tmp_path / "ptbxl"), "--fractions", "100", "--seeds", "0",
+              "--bootstrap", "20"]  # fmt: skip
+    capsys.readouterr()
+    assert main(["probe", *common, "--out", str(tmp_path / "probe")]) == 0
+    probe_table = capsys.readouterr().out
+    assert "pretrained" in probe_table and "random_init" in probe_table
+    assert main(["finetune", *common, "--steps", "4", "--out", str(tmp_path / "ft")]) == 0
+    finetune_table = capsys.readouterr().out
+    assert "finetune" in finetune_table and "scratch" in finetune_table
+    results = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert results["protocol"]["windowing"]["window_s"] == pytest.approx(1024 / 400)
