@@ -27,6 +27,22 @@ class EncoderOutput(NamedTuple):
     embedding_BD: jax.Array
 
 
+def _class_dense(
+    in_features: int, num_classes: int, dtype: jnp.dtype, param_dtype: jnp.dtype, rngs: nnx.Rngs
+) -> nnx.Linear:
+    """The classifying dense layer both heads end in (He-normal, logical axes embed→classes)."""
+    return nnx.Linear(
+        in_features,
+        num_classes,
+        kernel_init=nnx.initializers.he_normal(),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_metadata={"logical_axes": ("embed", "classes")},
+        bias_metadata={"logical_axes": ("classes",)},
+        rngs=rngs,
+    )
+
+
 class LinearHead(nnx.Module):
     """Logits from the pooled embedding: optional BatchNorm → dropout → dense."""
 
@@ -50,16 +66,7 @@ class LinearHead(nnx.Module):
             else None
         )
         self.dropout = nnx.Dropout(dropout)
-        self.dense = nnx.Linear(
-            in_features,
-            num_classes,
-            kernel_init=nnx.initializers.he_normal(),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            kernel_metadata={"logical_axes": ("embed", "classes")},
-            bias_metadata={"logical_axes": ("classes",)},
-            rngs=rngs,
-        )
+        self.dense = _class_dense(in_features, num_classes, dtype, param_dtype, rngs)
 
     def __call__(
         self, encoded: EncoderOutput, *, train: bool, rngs: nnx.Rngs | None = None
@@ -91,16 +98,7 @@ class FlattenHead(nnx.Module):
     ):
         self.num_positions = num_positions
         self.width = width
-        self.dense = nnx.Linear(
-            num_positions * width,
-            num_classes,
-            kernel_init=nnx.initializers.he_normal(),
-            dtype=dtype,
-            param_dtype=param_dtype,
-            kernel_metadata={"logical_axes": ("embed", "classes")},
-            bias_metadata={"logical_axes": ("classes",)},
-            rngs=rngs,
-        )
+        self.dense = _class_dense(num_positions * width, num_classes, dtype, param_dtype, rngs)
 
     def __call__(
         self, encoded: EncoderOutput, *, train: bool, rngs: nnx.Rngs | None = None
