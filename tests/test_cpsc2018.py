@@ -1,6 +1,7 @@
 """CPSC 2018 original layout: real `A*.mat` files, REFERENCE.csv and the synthetic writer."""
 
 import csv
+import logging
 import shutil
 
 import numpy as np
@@ -97,7 +98,6 @@ def test_reference_rows_give_class_names_in_row_order(tmp_path):
         ("A0002,10,,", "1–9"),
         ("A0002,x,,", "1–9"),
         ("A0002,,3,", "no first label"),
-        ("A0002,3,3,", "repeated label"),
         (",3,,", "no recording name"),
         ("A0001,2,,", "listed twice"),
         ("A0002,1,2,3,4", "columns"),
@@ -109,6 +109,14 @@ def test_bad_reference_row_names_file_and_line(tmp_path, row, problem):
         read_reference(path)
     assert info.value.path == str(path)
     assert "line 3" in info.value.problem
+
+
+def test_label_repeated_within_a_row_is_read_once_and_logged(tmp_path, caplog):
+    # The real REFERENCE.csv has "A0953,6,6,"; the Challenge counts that record's PAC once.
+    path = _write_reference(tmp_path / "REFERENCE.csv", ["A0952,1,,", "A0953,6,6,"])
+    with caplog.at_level(logging.WARNING, logger="ecgfm.data.cpsc2018"):
+        assert read_reference(path)["A0953"] == ("PAC",)
+    assert "line 3" in caplog.text and "repeated label" in caplog.text
 
 
 def test_reference_with_wrong_header_is_rejected(tmp_path):

@@ -1,12 +1,19 @@
 """Splits: PTB-XL folds, patient-level splits, stratification and the shipped CPSC 2018 split."""
 
 import collections
+import logging
 
 import numpy as np
 import pytest
 
+from ecgfm.data.challenge import load_dx_mapping
+from ecgfm.data.cpsc2018 import CPSC_CLASSES, CPSC_TO_SNOMED
 from ecgfm.data.splits import (
     CPSC2018_TRAINING_IDS,
+    class_counts,
+    compare_labels,
+    labels_digest,
+    load_split_document,
     load_split_json,
     make_cpsc2018_split,
     patient_split,
@@ -63,23 +70,74 @@ def test_stratified_split_keeps_rare_labels_in_every_split():
             assert abs(labels_NK[names == name, k].sum() - expected) <= 2
 
 
-def test_shipped_cpsc_split_is_what_the_documented_call_produces():
+def test_shipped_cpsc_split_partitions_the_training_set_80_10_10():
+    document = load_split_document()
     shipped = load_split_json()
+    assert document["stratified"] and document["seed"] == 0
     assert set(shipped) == set(CPSC2018_TRAINING_IDS) and len(shipped) == 6877
-    assert shipped == make_cpsc2018_split(None, seed=0)
-    counts = collections.Counter(shipped.values())
-    assert counts == {"train": 5501, "validation": 688, "test": 688}
+    sizes = collections.Counter(shipped.values())
+    assert sizes == document["records"]
+    for split, fraction in document["fractions"].items():
+        assert abs(sizes[split] - fraction * 6877) < 0.015 * 6877
 
 
-def test_cpsc_split_from_a_reference_is_stratified(tmp_path):
-    rng = np.random.default_rng(2)
+def test_shipped_cpsc_split_class_counts_add_up_to_the_challenge_cpsc_column():
+    # The Challenge tables count each CPSC class over the same 6,877 records: an independent
+    # check that the split was stratified over the real, complete REFERENCE.csv.
+    challenge_cpsc = load_dx_mapping()["CPSC"]
+    counts = load_split_document()["class_counts"]
+    for name in CPSC_CLASSES:
+        total = sum(counts[split].get(name, 0) for split in counts)
+        assert total == challenge_cpsc[CPSC_TO_SNOMED[name]], name
+
+
+def test_shipped_cpsc_split_holds_each_class_in_proportion():
+    document = load_split_document()
+    counts = document["class_counts"]
+    for name in CPSC_CLASSES:
+        total = sum(counts[split][name] for split in counts)
+        for split, fraction in document["fractions"].items():
+            assert abs(counts[split][name] - fraction * total) <= 2, (name, split)
+
+
+def _synthetic_reference(seed: int) -> dict[str, tuple[str, ...]]:
+    rng = np.random.default_rng(seed)
     classes = ["Normal", "AF", "STE"]
-    labels = {r: (classes[int(rng.choice(3, p=[0.6, 0.37, 0.03]))],) for r in CPSC2018_TRAINING_IDS}
-    path = write_cpsc2018_split(tmp_path / "split.json", labels, seed=1)
-    split = load_split_json(path)
+    return {r: (classes[int(rng.choice(3, p=[0.6, 0.37, 0.03]))],) for r in CPSC2018_TRAINING_IDS}
+
+
+def test_cpsc_split_from_a_reference_is_stratified_and_records_its_labels(tmp_path):
+    labels = _synthetic_reference(2)
+    path = write_cpsc2018_split(tmp_path / "split.json", labels, seed=1, source="synthetic")
+    split, document = load_split_json(path), load_split_document(path)
+    assert split == make_cpsc2018_split(labels, seed=1)
     rare = [r for r, names in labels.items() if names == ("STE",)]
     held_out = collections.Counter(split[r] for r in rare)
     assert abs(held_out["test"] - 0.1 * len(rare)) <= 1
+    assert document["labels_digest"] == labels_digest(labels)
+    assert document["class_counts"] == class_counts(split, labels)
+    assert document["source"] == "synthetic"
+
+
+def test_labels_digest_ignores_row_order_and_label_order():
+    labels = {"A0001": ("AF", "PAC"), "A0002": ("Normal",)}
+    reordered = {"A0002": ("Normal",), "A0001": ("PAC", "AF")}
+    assert labels_digest(labels) == labels_digest(reordered)
+    assert labels_digest(labels) != labels_digest({**labels, "A0002": ("AF",)})
+
+
+def test_compare_labels_says_whether_a_reference_is_the_one_split_on(tmp_path, caplog):
+    labels = _synthetic_reference(3)
+    document = load_split_document(write_cpsc2018_split(tmp_path / "s.json", labels))
+    assert "same labels" in compare_labels(document, dict(reversed(labels.items())))
+    partial = dict(list(labels.items())[:12])
+    assert "cover 12 of its 6877 records" in compare_labels(document, partial)
+    relabelled = {**labels, "A0001": ("PVC",)}
+    with caplog.at_level(logging.WARNING, logger="ecgfm.data.splits"):
+        assert "differ" in compare_labels(document, relabelled)
+    assert "differ" in caplog.text
+    unstratified = load_split_document(write_cpsc2018_split(tmp_path / "u.json"))
+    assert compare_labels(unstratified, labels) == "split not stratified on labels"
 
 
 def test_read_split_file_names_missing_columns_and_repeats(tmp_path):

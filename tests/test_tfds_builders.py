@@ -15,6 +15,7 @@ from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.ptbxl import TASKS, PtbXl
 from ecgfm.data.record import EcgFormatError
 from ecgfm.data.sources import TfdsSource
+from ecgfm.data.splits import load_split_json
 from ecgfm.data.synthetic.code import write_code_dataset
 from ecgfm.data.synthetic.cpsc2018 import write_cpsc2018_dataset
 from ecgfm.data.synthetic.ptbxl import write_ptbxl_dataset
@@ -131,6 +132,18 @@ def test_a_bad_exam_is_skipped_and_reported_by_id(tmp_path):
     assert summary["splits"]["train"]["num_records"] == 7
 
 
+def test_a_split_left_empty_by_skipped_records_is_named_not_a_tfds_traceback(tmp_path):
+    # A partial download: REFERENCE.csv lists every record, but the test split's files are gone.
+    src = write_cpsc2018_dataset(tmp_path / "src", num_records=12, seed=0)
+    split_of = load_split_json()
+    for mat in src.glob("A*.mat"):
+        if split_of[mat.stem] == "test":
+            mat.unlink()
+    with pytest.raises(EcgFormatError, match="split 'test' has no readable record") as info:
+        prepare_dataset("cpsc2018", src, tmp_path / "data", on_error="skip")
+    assert info.value.path == str(src) and ".mat" in info.value.problem
+
+
 def test_exams_the_reader_skips_while_opening_are_reported_too(tmp_path):
     src = write_code_dataset(tmp_path / "src", num_exams=8, seed=3)
     with open(src / "exams.csv") as f:
@@ -203,7 +216,9 @@ def test_ptbxl_build_has_six_tasks_folds_and_patients(tmp_path):
 def test_cpsc_build_from_synthetic_original_layout_uses_the_shipped_split(tmp_path):
     src = write_cpsc2018_dataset(tmp_path / "src", num_records=12, seed=0)
     summary = prepare_dataset("cpsc2018", src, tmp_path / "data")
-    assert summary["split_plan"] == "shipped resources/cpsc2018_split.json"
+    assert summary["split_plan"] == (
+        "shipped resources/cpsc2018_split.json (labels cover 12 of its 6877 records: not compared)"
+    )
     reader = Cpsc2018(src)
     for split in summary["splits"]:
         for element in read_split(tmp_path / "data", "cpsc2018", split)[1]:

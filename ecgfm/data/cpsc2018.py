@@ -11,11 +11,17 @@ What the real files show (A1980–A1984 in shared/data/real/cpsc2018):
   quantised in steps of exactly 0.001 (1 µV).
 - Rows are I, II, III, aVR, aVL, aVF, V1–V6: III equals II − I to 1e-15 mV and aVR equals
   −(I + II)/2 to within 1.2 µV in every file.
+
+What the real REFERENCE.csv shows (6,877 rows, CRLF line ends, not in id order: e.g. A1497's
+row stands where A0202's would): row A0953 reads `6,6,`, PAC twice. The Challenge's count of
+PAC in the CPSC data (616, `dx_mapping_scored.csv`) counts that record once, so a label
+repeated within a row is read once and logged, not rejected.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import pathlib
 import zlib
 from collections.abc import Iterator, Mapping
@@ -39,6 +45,8 @@ from ecgfm.data.record import (
     parse_sex,
     read_each,
 )
+
+log = logging.getLogger(__name__)
 
 CPSC_CLASSES: tuple[str, ...] = (
     "Normal", "AF", "I-AVB", "LBBB", "RBBB", "PAC", "PVC", "STD", "STE",
@@ -135,9 +143,10 @@ def read_reference(
 ) -> dict[str, tuple[str, ...]]:
     """Reads `REFERENCE.csv` into {record_id: CPSC class names in the row's order}.
 
-    Every row needs a recording name and a first label; the second and third may be blank.
-    A wrong header or a missing file raises `EcgFormatError`. A bad row (a label outside 1–9, a
-    repeated label, a recording listed again) raises naming the file and line, or with
+    Every row needs a recording name and a first label; the second and third may be blank; a
+    label repeated within a row is read once (the real file has one such row, see the module
+    docstring). A wrong header or a missing file raises `EcgFormatError`. A bad row (a label
+    outside 1–9, a recording listed again) raises naming the file and line, or with
     `on_error="skip"` is left out and listed in `skip_log`.
     """
     return _read_reference(pathlib.Path(path), check_on_error(on_error), skip_log)[0]
@@ -185,7 +194,8 @@ def _reference_row(
     if any(c not in {str(i) for i in range(1, 10)} for c in codes):
         raise EcgFormatError(path, f"{where}: labels must be integers 1–9")
     if len(set(codes)) != len(codes):
-        raise EcgFormatError(path, f"{where}: repeated label")
+        log.warning("%s: %s: repeated label read once", path, where)
+        codes = list(dict.fromkeys(codes))
     return record_id, tuple(CPSC_CLASSES[int(c) - 1] for c in codes)
 
 
@@ -235,6 +245,11 @@ class Cpsc2018:
 
     def __len__(self) -> int:
         return len(self.record_ids)
+
+    @property
+    def reference_labels(self) -> Mapping[str, tuple[str, ...]] | None:
+        """Record id → class names from the reference (rows kept); None without a reference."""
+        return self._labels
 
     def read(self, record_id: str) -> EcgRecord:
         """Reads one record with its labels; raises `EcgFormatError` if either is missing."""

@@ -2,22 +2,29 @@
 
 - PTB-XL: `strat_fold` 1–8 train, 9 validation, 10 test (Wagner et al. 2020; folds 9 and 10
   hold only human-validated labels).
-- CPSC 2018: a fixed record-id split shipped as `ecgfm/resources/cpsc2018_split.json`, made by
-  `make_cpsc2018_split` (see its docstring for what the shipped file is and is not).
+- CPSC 2018: a fixed record-id split shipped as `ecgfm/resources/cpsc2018_split.json`, 80/10/10
+  and stratified over the nine classes of the training set's REFERENCE.csv by
+  `make_cpsc2018_split` (its docstring says how to remake it).
 - CODE-style data: `patient_split`, deterministic from a seed, no patient on both sides; or
   the published split of a release (CODE-II-open) read with `read_split_file`.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
+import hashlib
 import importlib.resources
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 PTBXL_FOLDS: Mapping[str, tuple[int, ...]] = {
@@ -132,14 +139,13 @@ def make_cpsc2018_split(
     """The CPSC 2018 split: record id → "train" / "validation" / "test".
 
     With `labels` (record id → CPSC class names, e.g. `cpsc2018.read_reference(
-    "REFERENCE.csv")`) the split is stratified over the nine classes by `stratified_split`.
+    "REFERENCE.csv")`) the split is stratified over the nine classes by `stratified_split`;
+    without, it is a seeded split that ignores labels.
 
-    What ships: the real REFERENCE.csv was not available when ecgfm was written, so the shipped
-    `resources/cpsc2018_split.json` was made by `make_cpsc2018_split(None, seed=0)`: a seeded
-    80/10/10 split of A0001–A6877 that is *not* label-stratified (its class balance is only as
-    good as chance makes it at n ≈ 690 per held-out split). Regenerate a stratified one with
-    `write_cpsc2018_split(path, read_reference(".../REFERENCE.csv"))` and pass its path where a
-    split file is accepted; the file records which way it was made.
+    The shipped `resources/cpsc2018_split.json` is `write_cpsc2018_split(path,
+    read_reference("REFERENCE.csv"), seed=0)` over the training set's REFERENCE.csv (6,877 rows):
+    80/10/10, stratified. The file records the labels' digest and each split's class counts,
+    which add up to the Challenge's CPSC column in `dx_mapping_*.csv` (tested).
     """
     if labels is None:
         return stratified_split(record_ids, None, fractions=fractions, seed=seed)
@@ -148,35 +154,95 @@ def make_cpsc2018_split(
     return stratified_split(record_ids, labels_NK, fractions=fractions, seed=seed)
 
 
+def labels_digest(labels: Mapping[str, Sequence[str]]) -> str:
+    """sha256 of `labels` as sorted "record:class,class" lines (classes sorted).
+
+    The same labels give the same digest whatever the file's row order, line ends or the order
+    of a row's labels, so it tells whether a REFERENCE.csv is the one a split was made from.
+    """
+    lines = sorted(f"{record}:{','.join(sorted(set(names)))}" for record, names in labels.items())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def class_counts(
+    split_of: Mapping[str, str], labels: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, int]]:
+    """split → class → number of that split's records carrying the class."""
+    counts: dict[str, collections.Counter[str]] = {}
+    for record, split in split_of.items():
+        counts.setdefault(split, collections.Counter()).update(set(labels.get(record, ())))
+    return {split: dict(sorted(c.items())) for split, c in sorted(counts.items())}
+
+
 def write_cpsc2018_split(
     path: str | os.PathLike,
     labels: Mapping[str, Sequence[str]] | None = None,
     *,
     fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
+    source: str | None = None,
 ) -> pathlib.Path:
-    """Writes `make_cpsc2018_split(...)` as JSON with how it was made; returns the path."""
+    """Writes `make_cpsc2018_split(...)` as JSON with how it was made; returns the path.
+
+    With `labels` the file also holds their `labels_digest` and each split's `class_counts`;
+    `source` says where the labels came from.
+    """
     splits = make_cpsc2018_split(labels, fractions=fractions, seed=seed)
     how = "stratified over REFERENCE.csv labels" if labels else "seeded, not label-stratified"
-    document = {
+    document: dict[str, object] = {
         "made_by": f"ecgfm.data.splits.make_cpsc2018_split ({how})",
         "stratified": labels is not None,
         "seed": seed,
         "fractions": dict(fractions),
+        "records": dict(sorted(collections.Counter(splits.values()).items())),
         "splits": splits,
     }
+    if labels is not None:
+        document |= {
+            "labels_digest": labels_digest(labels),
+            "class_counts": class_counts(splits, labels),
+            "source": source,
+        }
     path = pathlib.Path(path)
-    path.write_text(json.dumps(document, indent=0, sort_keys=True) + "\n")
+    path.write_text(json.dumps(document, indent=0, sort_keys=True, ensure_ascii=False) + "\n")
     return path
 
 
-def load_split_json(path: str | os.PathLike | None = None) -> dict[str, str]:
-    """Record id → split from a `write_cpsc2018_split` file; None loads the shipped one."""
+def load_split_document(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A `write_cpsc2018_split` file as a dict; None loads the shipped one."""
     if path is None:
         text = (importlib.resources.files("ecgfm") / "resources" / CPSC2018_SPLIT_FILE).read_text()
     else:
         text = pathlib.Path(path).read_text()
-    return dict(json.loads(text)["splits"])
+    return json.loads(text)
+
+
+def load_split_json(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """Record id → split from a `write_cpsc2018_split` file; None loads the shipped one."""
+    return dict(load_split_document(path)["splits"])
+
+
+def compare_labels(document: Mapping[str, Any], labels: Mapping[str, Sequence[str]]) -> str:
+    """Says whether `labels` are the ones a split file was stratified on (for build metadata).
+
+    Compared by `labels_digest` over the file's records; labels that do not cover all of them
+    (a partial copy of the dataset) are not compared. A mismatch is also logged as a warning:
+    the split is still the same partition of record ids, but its class balance is not known.
+    """
+    if "labels_digest" not in document:
+        return "split not stratified on labels"
+    covered = {r: labels[r] for r in document["splits"] if r in labels}
+    if len(covered) < len(document["splits"]):
+        return f"labels cover {len(covered)} of its {len(document['splits'])} records: not compared"
+    if labels_digest(covered) == document["labels_digest"]:
+        return "stratified on these same labels: digest matches"
+    log.warning(
+        "these labels differ from the ones the CPSC 2018 split was stratified on (digest %s, "
+        "not %s): same record partition, class balance not checked",
+        labels_digest(covered),
+        document["labels_digest"],
+    )
+    return "labels differ from those it was stratified on: class balance not checked"
 
 
 def read_split_file(

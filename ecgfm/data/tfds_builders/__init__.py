@@ -25,8 +25,8 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from ecgfm.data.preprocessing import Preprocessing
-from ecgfm.data.record import OnError
-from ecgfm.data.sources import built_dataset_dir, read_ecgfm_metadata
+from ecgfm.data.record import EcgFormatError, OnError
+from ecgfm.data.sources import ECGFM_METADATA_KEY, built_dataset_dir, read_ecgfm_metadata
 from ecgfm.data.tfds_builders.base import EcgBuilder
 from ecgfm.data.tfds_builders.code import code_dataset_builder
 from ecgfm.data.tfds_builders.cpsc2018 import cpsc2018_dataset_builder
@@ -97,11 +97,32 @@ def prepare_dataset(
     for leftover in config_dir.glob("incomplete.*"):
         print(f"removing {leftover} left by an interrupted build")
         shutil.rmtree(leftover)
-    builder.download_and_prepare(
-        download_dir=os.fspath(pathlib.Path(data_dir) / "downloads"),
-        download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(src_dir)),
-    )
+    try:
+        builder.download_and_prepare(
+            download_dir=os.fspath(pathlib.Path(data_dir) / "downloads"),
+            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(src_dir)),
+        )
+    except AssertionError as err:  # TFDS's "No examples were yielded" for a split
+        empty = _empty_split_error(builder, src_dir)
+        if empty is None:
+            raise
+        raise empty from err
     return describe_built_dataset(data_dir, name, config=builder.builder_config.name)
+
+
+def _empty_split_error(builder: Any, src_dir: str | os.PathLike) -> EcgFormatError | None:
+    """Names the split whose every record was skipped as bad (e.g. a partial download)."""
+    splits = builder.info.metadata[ECGFM_METADATA_KEY]["splits"]
+    for split, summary in splits.items():
+        if summary["num_records"] == 0 and summary["skipped"]:
+            skipped = summary["skipped"]
+            examples = "; ".join(f"{s['record']}: {s['reason']}" for s in skipped[:3])
+            return EcgFormatError(
+                pathlib.Path(src_dir),
+                f"split {split!r} has no readable record: all {len(skipped)} were skipped as bad "
+                f"(e.g. {examples})",
+            )
+    return None
 
 
 def describe_built_dataset(

@@ -4,9 +4,11 @@ Layouts: `A*.mat` (struct `ECG`) with `REFERENCE.csv` (`cpsc2018.Cpsc2018`), or 
 `X.mat` with SNOMED-CT codes (`challenge.ChallengeDataset`, mapped to the nine classes by
 `challenge.snomed_to_cpsc`); a folder with `.hea` files is read as the Challenge layout. One
 task "cpsc" over `CPSC_CLASSES`. Splits: `options["split_file"]` (a `write_cpsc2018_split`
-JSON) if given; else the shipped split when it lists every record (the CPSC training set
-A0001–A6877); else, for other records (e.g. Challenge-layout records of other sources), a
-split stratified over their own labels, made with `options["seed"]` and stated in metadata.
+JSON) if given; else the shipped split (stratified over the real REFERENCE.csv) when it lists
+every record (the CPSC training set A0001–A6877), the metadata saying whether this folder's
+REFERENCE.csv has the labels it was stratified on; else, for other records (e.g.
+Challenge-layout records of other sources), a split stratified over their own labels, made
+with `options["seed"]` and stated in metadata.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from ecgfm.data.challenge import ChallengeDataset, snomed_to_cpsc
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
 from ecgfm.data.record import EcgFormatError, EcgRecord
-from ecgfm.data.splits import load_split_json, make_cpsc2018_split
+from ecgfm.data.splits import compare_labels, load_split_document, make_cpsc2018_split
 from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
 
 TASK = "cpsc"
@@ -58,10 +60,11 @@ class Builder(EcgBuilder):
     def plan_splits(self, reader: Cpsc2018 | ChallengeDataset) -> SplitPlan:
         options = self.builder_config.options
         record_ids = list(reader.record_ids)
-        if options.get("split_file"):
-            split_of, how = load_split_json(options["split_file"]), f"{options['split_file']}"
-        else:
-            split_of, how = load_split_json(), "shipped resources/cpsc2018_split.json"
+        document = load_split_document(options.get("split_file") or None)
+        split_of = dict(document["splits"])
+        how = options.get("split_file") or "shipped resources/cpsc2018_split.json"
+        if isinstance(reader, Cpsc2018) and reader.reference_labels is not None:
+            how += f" ({compare_labels(document, reader.reference_labels)})"
         missing = [r for r in record_ids if r not in split_of]
         if missing and options.get("split_file"):
             raise ValueError(f"{how} has no split for {len(missing)} records, e.g. {missing[:5]}")
