@@ -90,12 +90,32 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_fractions(text: str) -> dict[str, float]:
+    """ "train=0.9,validation=0.1" → {"train": 0.9, "validation": 0.1}."""
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): float(value) for name, value in pairs}
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected name=fraction,… got {text!r}") from err
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from ecgfm.data.tfds_builders import prepare_dataset
 
-    summary = prepare_dataset(
-        args.dataset, args.src, args.data_dir, on_error="skip" if args.skip_bad else "raise"
-    )
+    given = {"split_file": args.split_file, "split_column": args.split_column,
+             "id_column": args.id_column, "seed": args.seed,
+             "fractions": args.fractions}  # fmt: skip
+    try:
+        summary = prepare_dataset(
+            args.dataset,
+            args.src,
+            args.data_dir,
+            on_error="skip" if args.skip_bad else "raise",
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    except (ValueError, FileNotFoundError) as error:  # a bad option or split file
+        print(f"ecgfm prepare: {error}", file=sys.stderr)
+        return 2
     print(_format_built_dataset(summary))
     return 0
 
@@ -351,6 +371,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, type=pathlib.Path, help="TFDS data dir")
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable records (counted and listed)"
+    )
+    p.add_argument(
+        "--split-file",
+        type=pathlib.Path,
+        help="code: a CSV of exam ids and splits (e.g. CODE-II-open's published split); "
+        "cpsc2018: a JSON from ecgfm.data.splits.write_cpsc2018_split (default: the shipped one)",
+    )
+    p.add_argument("--id-column", help="code: the id column of --split-file (default exam_id)")
+    p.add_argument("--split-column", help="code: a column of exams.csv that names each split")
+    p.add_argument(
+        "--fractions",
+        type=_split_fractions,
+        help="code: sizes of the patient-level split, e.g. train=0.9,validation=0.1 "
+        "(default train=0.8,validation=0.1,test=0.1)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="code: seed of the patient-level split (default 0); cpsc2018: of the split made "
+        "for records the shipped split does not list",
     )
     p.set_defaults(run=_prepare)
 

@@ -115,6 +115,42 @@ def test_prepare_then_inspect_a_built_dataset(capsys, tmp_path):
     assert summary["preprocessing"] is not None or "preprocessing" in summary
 
 
+def test_prepare_takes_a_published_split_column_for_code(capsys, tmp_path):
+    assert main(["synth", "code", "--out", str(tmp_path / "src"), "--exams", "8"]) == 0
+    csv_path = tmp_path / "src" / "exams.csv"
+    rows = csv_path.read_text().splitlines()
+    split_of = ["train", "validation"] * 4
+    rows = [rows[0] + ",split"] + [f"{row},{s}" for row, s in zip(rows[1:], split_of, strict=True)]
+    csv_path.write_text("\n".join(rows) + "\n")
+    args = ["--src", str(tmp_path / "src"), "--data-dir", str(tmp_path / "tfds")]
+    assert main(["prepare", "code", *args, "--split-column", "split"]) == 0
+    capsys.readouterr()
+    (summary,) = _inspect_json(capsys, tmp_path / "tfds" / "code")
+    assert {s: v["num_records"] for s, v in summary["splits"].items()} == {
+        "train": 4,
+        "validation": 4,
+    }
+    assert "split" not in summary["tasks"]["code"]
+
+
+def test_prepare_makes_a_patient_split_of_the_fractions_asked(capsys, tmp_path):
+    assert main(["synth", "code", "--out", str(tmp_path / "src"), "--exams", "10"]) == 0
+    args = ["--src", str(tmp_path / "src"), "--data-dir", str(tmp_path / "tfds")]
+    assert main(["prepare", "code", *args, "--fractions", "train=0.5,validation=0.5"]) == 0
+    capsys.readouterr()
+    (summary,) = _inspect_json(capsys, tmp_path / "tfds" / "code")
+    assert set(summary["splits"]) == {"train", "validation"}
+    with pytest.raises(SystemExit):
+        main(["prepare", "code", *args, "--fractions", "train:0.5"])
+
+
+def test_prepare_refuses_an_option_the_dataset_does_not_take(capsys, tmp_path):
+    assert main(["synth", "ptbxl", "--out", str(tmp_path / "src"), "--exams", "4"]) == 0
+    args = ["--src", str(tmp_path / "src"), "--data-dir", str(tmp_path / "tfds")]
+    assert main(["prepare", "ptbxl", *args, "--seed", "3"]) == 2
+    assert "ptbxl takes no option(s) ['seed']" in capsys.readouterr().err
+
+
 def test_pretrain_with_an_unknown_config_key_says_which_and_exits_2(capsys, tmp_path):
     config = pathlib.Path(__file__).parents[1] / "experiments" / "configs" / "smoke.py"
     args = ["pretrain", "--config", str(config), "--workdir", str(tmp_path / "w")]

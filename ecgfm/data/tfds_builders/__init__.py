@@ -54,6 +54,10 @@ def make_builder(
     if not pathlib.Path(src_dir).is_dir():
         raise FileNotFoundError(f"source folder {src_dir} does not exist")
     module = BUILDERS[name]
+    unknown = sorted(set(options) - module.OPTIONS - {"config_name"})
+    if unknown:
+        takes = ", ".join(sorted(module.OPTIONS)) or "none"
+        raise ValueError(f"{name} takes no option(s) {unknown}; its options: {takes}")
     # Options go into metadata.json: paths as strings.
     options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
     config = module.make_config(

@@ -19,6 +19,10 @@ from ecgfm.data.splits import DEFAULT_FRACTIONS, patient_split, read_split_file
 from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
 
 TASK = "code"
+# The dataset-specific options `make_config` takes (see the module docstring).
+OPTIONS: frozenset[str] = frozenset(
+    {"split_file", "id_column", "split_column", "fractions", "seed"}
+)
 
 
 def label_columns(root: str | pathlib.Path, split_column: str | None = None) -> tuple[str, ...]:

@@ -24,6 +24,8 @@ from ecgfm.data.splits import compare_labels, load_split_document, make_cpsc2018
 from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
 
 TASK = "cpsc"
+# The dataset-specific options `make_config` takes (see the module docstring).
+OPTIONS: frozenset[str] = frozenset({"split_file", "seed"})
 
 
 def is_challenge_layout(root: str | pathlib.Path) -> bool:

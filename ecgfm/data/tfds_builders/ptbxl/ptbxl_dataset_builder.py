@@ -22,6 +22,8 @@ from ecgfm.data.splits import ptbxl_split_of_fold
 from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
 
 DEFAULT_TASK = "superdiagnostic"
+# No dataset-specific options: the split is the published strat_fold one.
+OPTIONS: frozenset[str] = frozenset()
 
 
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
