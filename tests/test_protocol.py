@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ecgfm.data.synthetic.cpsc2018 import write_cpsc2018_dataset
 from ecgfm.metrics import gbeta_thresholds, per_class_auroc, youden_thresholds
 from ecgfm.transfer.protocol import (
     BENCHMARK_WINDOWING,
@@ -14,6 +15,7 @@ from ecgfm.transfer.protocol import (
     aggregate_windows,
     cpsc2018_task,
     cut_windows,
+    load_task,
     ptbxl_task,
     run_study,
     validation_macro_auroc,
@@ -70,6 +72,15 @@ def test_task_specs_check_what_the_protocol_allows():
         "window_s": 2.5, "train_stride_s": 2.5, "eval_stride_s": 1.25, "aggregation": "max",
     }  # fmt: skip
     assert "cpsc2018_split.json" in cpsc2018_task().to_dict()["split"]
+
+
+def test_cpsc_task_records_whether_its_labels_are_the_ones_the_split_was_made_on(tmp_path):
+    root = write_cpsc2018_dataset(tmp_path / "cpsc", num_records=60, seed=0)
+    summary = load_task(cpsc2018_task(), root).summary()
+    assert summary["split_check"] == "labels cover 60 of its 6877 records: not compared"
+    assert (
+        sum(summary["num_records"].values()) + sum(summary["dropped_without_label"].values()) == 60
+    )
 
 
 class _Oracle:

@@ -38,7 +38,7 @@ import scipy.special
 
 from ecgfm import metrics
 from ecgfm.data import splits as splits_lib
-from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018, read_reference
+from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
 from ecgfm.data.ptbxl import TASKS as PTBXL_TASKS
 from ecgfm.data.ptbxl import PtbXl
 from ecgfm.data.record import EcgRecord
@@ -249,6 +249,8 @@ class TaskData:
       labels: split → `[N, K]` bool multi-hot labels of those records.
       dropped: split → number of records left out for having no label in the task.
       read: record id → `EcgRecord` (raises `EcgFormatError` for a bad file).
+      split_check: for a shipped or given split file, whether these labels are the ones it was
+        stratified on (`splits.compare_labels`); None where the split is the dataset's own.
     """
 
     spec: TaskSpec
@@ -258,6 +260,7 @@ class TaskData:
     labels: dict[str, np.ndarray]
     dropped: dict[str, int]
     read: Callable[[str], EcgRecord]
+    split_check: str | None = None
 
     def subset(self, split: str, keep: Sequence[str]) -> None:
         """Keeps only the records of `split` in `keep` (e.g. after unreadable ones were skipped)."""
@@ -269,6 +272,7 @@ class TaskData:
     def summary(self) -> dict[str, Any]:
         """Counts per split for the results file."""
         return {
+            **({"split_check": self.split_check} if self.split_check else {}),
             "num_records": {s: len(self.record_ids[s]) for s in SPLITS},
             "dropped_without_label": dict(self.dropped),
             "positives_per_class": {
@@ -312,8 +316,9 @@ def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
 
 def _load_cpsc2018(spec: TaskSpec, root: pathlib.Path) -> TaskData:
     dataset = Cpsc2018(root)
-    reference = read_reference(dataset.reference_path)
-    split_of = splits_lib.load_split_json(spec.split_file)
+    reference = dataset.reference_labels or {}
+    document = splits_lib.load_split_document(spec.split_file)
+    split_of = dict(document["splits"])
     unsplit = sorted(set(dataset.record_ids) - set(split_of))
     if unsplit:
         raise ValueError(
@@ -335,6 +340,7 @@ def _load_cpsc2018(spec: TaskSpec, root: pathlib.Path) -> TaskData:
         labels=multi_hot,
         dropped=dropped,
         read=dataset.read,
+        split_check=splits_lib.compare_labels(document, reference),
     )
 
 
