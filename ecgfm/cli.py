@@ -93,29 +93,31 @@ def _plot(args: argparse.Namespace) -> int:
 def _split_fractions(text: str) -> dict[str, float]:
     """ "train=0.9,validation=0.1" → {"train": 0.9, "validation": 0.1}."""
     try:
-        pairs = [item.split("=") for item in text.split(",")]
-        return {name.strip(): float(value) for name, value in pairs}
+        pairs = [
+            (name.strip(), float(value)) for name, value in (i.split("=") for i in text.split(","))
+        ]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected name=fraction,… got {text!r}") from err
+    names = [name for name, _ in pairs]
+    if "" in names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"each split named once, got {text!r}")
+    return dict(pairs)
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from ecgfm.data.tfds_builders import prepare_dataset
+    from ecgfm.data.tfds_builders import check_options, prepare_dataset
 
     given = {"split_file": args.split_file, "split_column": args.split_column,
              "id_column": args.id_column, "seed": args.seed,
              "fractions": args.fractions}  # fmt: skip
+    options = {k: v for k, v in given.items() if v is not None}
     try:
-        summary = prepare_dataset(
-            args.dataset,
-            args.src,
-            args.data_dir,
-            on_error="skip" if args.skip_bad else "raise",
-            **{k: v for k, v in given.items() if v is not None},
-        )
-    except (ValueError, FileNotFoundError) as error:  # a bad option or split file
+        check_options(args.dataset, options)
+    except ValueError as error:
         print(f"ecgfm prepare: {error}", file=sys.stderr)
         return 2
+    on_error = "skip" if args.skip_bad else "raise"
+    summary = prepare_dataset(args.dataset, args.src, args.data_dir, on_error=on_error, **options)
     print(_format_built_dataset(summary))
     return 0
 
@@ -389,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed",
         type=int,
-        help="code: seed of the patient-level split (default 0); cpsc2018: of the split made "
-        "for records the shipped split does not list",
+        help="code: seed of the patient-level split (default 0); cpsc2018: seed of the split "
+        "made over the folder's own labels when the shipped split does not list every record "
+        "(then no record keeps the shipped assignment; the metadata says so)",
     )
     p.set_defaults(run=_prepare)
 

@@ -8,6 +8,7 @@ import pytest
 
 from ecgfm.data.challenge import load_dx_mapping
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, CPSC_TO_SNOMED
+from ecgfm.data.record import EcgFormatError
 from ecgfm.data.splits import (
     CPSC2018_TRAINING_IDS,
     class_counts,
@@ -74,16 +75,18 @@ def test_shipped_cpsc_split_partitions_the_training_set_80_10_10():
     document = load_split_document()
     shipped = load_split_json()
     assert document["stratified"] and document["seed"] == 0
+    assert document["fractions"] == {"train": 0.8, "validation": 0.1, "test": 0.1}
     assert set(shipped) == set(CPSC2018_TRAINING_IDS) and len(shipped) == 6877
+    assert document["labelled_records"] == 6877
+    # Iterative stratification balances classes first, sizes second: 0.8 · 6877 ± 4.
     sizes = collections.Counter(shipped.values())
-    assert sizes == document["records"]
-    for split, fraction in document["fractions"].items():
-        assert abs(sizes[split] - fraction * 6877) < 0.015 * 6877
+    assert sizes == document["records"] == {"train": 5505, "validation": 693, "test": 679}
 
 
 def test_shipped_cpsc_split_class_counts_add_up_to_the_challenge_cpsc_column():
-    # The Challenge tables count each CPSC class over the same 6,877 records: an independent
-    # check that the split was stratified over the real, complete REFERENCE.csv.
+    # The class counts were computed from the labels the split was stratified on, when it was
+    # written. The Challenge tables count each class over the same 6,877 records, so equal
+    # totals say those labels were the complete real REFERENCE.csv.
     challenge_cpsc = load_dx_mapping()["CPSC"]
     counts = load_split_document()["class_counts"]
     for name in CPSC_CLASSES:
@@ -130,14 +133,31 @@ def test_compare_labels_says_whether_a_reference_is_the_one_split_on(tmp_path, c
     labels = _synthetic_reference(3)
     document = load_split_document(write_cpsc2018_split(tmp_path / "s.json", labels))
     assert "same labels" in compare_labels(document, dict(reversed(labels.items())))
+    # Records outside the CPSC training set (e.g. other Challenge sources) do not count.
+    assert "same labels" in compare_labels(document, {**labels, "Q0001": ("AF",)})
     partial = dict(list(labels.items())[:12])
-    assert "cover 12 of its 6877 records" in compare_labels(document, partial)
+    assert compare_labels(document, partial).startswith("6865 of the 6877 records")
     relabelled = {**labels, "A0001": ("PVC",)}
     with caplog.at_level(logging.WARNING, logger="ecgfm.data.splits"):
         assert "differ" in compare_labels(document, relabelled)
     assert "differ" in caplog.text
     unstratified = load_split_document(write_cpsc2018_split(tmp_path / "u.json"))
-    assert compare_labels(unstratified, labels) == "split not stratified on labels"
+    assert "not stratified" in compare_labels(unstratified, labels)
+    no_digest = {key: value for key, value in document.items() if key != "labels_digest"}
+    assert "records no labels digest" in compare_labels(no_digest, labels)
+
+
+def test_a_split_from_labels_of_other_records_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="none of the CPSC 2018 training records"):
+        write_cpsc2018_split(tmp_path / "s.json", {"Q0001": ("AF",)})
+
+
+def test_a_split_file_without_a_splits_mapping_names_the_file(tmp_path):
+    path = tmp_path / "split.json"
+    path.write_text('{"train": ["A0001"]}')
+    with pytest.raises(EcgFormatError, match="splits") as info:
+        load_split_document(path)
+    assert info.value.path == str(path)
 
 
 def test_read_split_file_names_missing_columns_and_repeats(tmp_path):

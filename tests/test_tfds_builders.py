@@ -217,7 +217,8 @@ def test_cpsc_build_from_synthetic_original_layout_uses_the_shipped_split(tmp_pa
     src = write_cpsc2018_dataset(tmp_path / "src", num_records=12, seed=0)
     summary = prepare_dataset("cpsc2018", src, tmp_path / "data")
     assert summary["split_plan"] == (
-        "shipped resources/cpsc2018_split.json (labels cover 12 of its 6877 records: not compared)"
+        "shipped resources/cpsc2018_split.json (6865 of the 6877 records it was stratified on have "
+        "no label here: not compared)"
     )
     reader = Cpsc2018(src)
     for split in summary["splits"]:

@@ -247,7 +247,7 @@ class Cpsc2018:
         return len(self.record_ids)
 
     @property
-    def reference_labels(self) -> Mapping[str, tuple[str, ...]] | None:
+    def labels_by_record(self) -> Mapping[str, tuple[str, ...]] | None:
         """Record id → class names from the reference (rows kept); None without a reference."""
         return self._labels
 

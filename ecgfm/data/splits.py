@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from ecgfm.data.record import EcgFormatError
+
 log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
@@ -143,9 +145,10 @@ def make_cpsc2018_split(
     without, it is a seeded split that ignores labels.
 
     The shipped `resources/cpsc2018_split.json` is `write_cpsc2018_split(path,
-    read_reference("REFERENCE.csv"), seed=0)` over the training set's REFERENCE.csv (6,877 rows):
-    80/10/10, stratified. The file records the labels' digest and each split's class counts,
-    which add up to the Challenge's CPSC column in `dx_mapping_*.csv` (tested).
+    read_reference("REFERENCE.csv"), seed=0, source=...)` over the training set's REFERENCE.csv
+    (6,877 rows; `source` is the sentence in the file): 80/10/10, stratified. The file records
+    the labels' digest and each split's class counts; a test checks that those counts add up
+    to the Challenge's CPSC column in `dx_mapping_*.csv`.
     """
     if labels is None:
         return stratified_split(record_ids, None, fractions=fractions, seed=seed)
@@ -184,23 +187,29 @@ def write_cpsc2018_split(
 ) -> pathlib.Path:
     """Writes `make_cpsc2018_split(...)` as JSON with how it was made; returns the path.
 
-    With `labels` the file also holds their `labels_digest` and each split's `class_counts`;
-    `source` says where the labels came from.
+    With `labels` the file also holds, over the split's records that have labels, their number
+    (`labelled_records`), `labels_digest` and each split's `class_counts`; `source` says where
+    the labels came from.
     """
     splits = make_cpsc2018_split(labels, fractions=fractions, seed=seed)
-    how = "stratified over REFERENCE.csv labels" if labels else "seeded, not label-stratified"
+    stratified = labels is not None
+    how = "stratified over REFERENCE.csv labels" if stratified else "seeded, not label-stratified"
     document: dict[str, object] = {
         "made_by": f"ecgfm.data.splits.make_cpsc2018_split ({how})",
-        "stratified": labels is not None,
+        "stratified": stratified,
         "seed": seed,
         "fractions": dict(fractions),
         "records": dict(sorted(collections.Counter(splits.values()).items())),
         "splits": splits,
     }
     if labels is not None:
+        labelled = {r: labels[r] for r in splits if r in labels}
+        if not labelled:
+            raise ValueError("the labels name none of the CPSC 2018 training records")
         document |= {
-            "labels_digest": labels_digest(labels),
-            "class_counts": class_counts(splits, labels),
+            "labelled_records": len(labelled),
+            "labels_digest": labels_digest(labelled),
+            "class_counts": class_counts(splits, labelled),
             "source": source,
         }
     path = pathlib.Path(path)
@@ -211,10 +220,16 @@ def write_cpsc2018_split(
 def load_split_document(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """A `write_cpsc2018_split` file as a dict; None loads the shipped one."""
     if path is None:
-        text = (importlib.resources.files("ecgfm") / "resources" / CPSC2018_SPLIT_FILE).read_text()
+        where = importlib.resources.files("ecgfm") / "resources" / CPSC2018_SPLIT_FILE
     else:
-        text = pathlib.Path(path).read_text()
-    return json.loads(text)
+        where = pathlib.Path(path)
+    try:
+        document = json.loads(where.read_text())
+    except (OSError, ValueError) as err:
+        raise EcgFormatError(where, f"unreadable split file ({err})") from err
+    if not isinstance(document, dict) or not isinstance(document.get("splits"), dict):
+        raise EcgFormatError(where, 'no "splits" mapping of record id → split')
+    return document
 
 
 def load_split_json(path: str | os.PathLike | None = None) -> dict[str, str]:
@@ -223,26 +238,47 @@ def load_split_json(path: str | os.PathLike | None = None) -> dict[str, str]:
 
 
 def compare_labels(document: Mapping[str, Any], labels: Mapping[str, Sequence[str]]) -> str:
-    """Says whether `labels` are the ones a split file was stratified on (for build metadata).
+    """Says whether `labels` are the ones a split file was stratified on (for the metadata).
 
-    Compared by `labels_digest` over the file's records; labels that do not cover all of them
-    (a partial copy of the dataset) are not compared. A mismatch is also logged as a warning:
-    the split is still the same partition of record ids, but its class balance is not known.
+    Compared by `labels_digest` over the split's records. Labels missing for some of the records
+    the split was stratified on (a partial copy, a skipped row) are not compared. A mismatch is
+    also logged as a warning: the split is still the same partition of record ids, but its
+    class balance is not known.
     """
     if "labels_digest" not in document:
-        return "split not stratified on labels"
-    covered = {r: labels[r] for r in document["splits"] if r in labels}
-    if len(covered) < len(document["splits"]):
-        return f"labels cover {len(covered)} of its {len(document['splits'])} records: not compared"
-    if labels_digest(covered) == document["labels_digest"]:
+        if document.get("stratified"):
+            return "stratified, but the file records no labels digest: not compared"
+        return "split not stratified on labels: class balance not known"
+    labelled = {r: labels[r] for r in document["splits"] if r in labels}
+    stratified_on = int(document.get("labelled_records", len(document["splits"])))
+    if len(labelled) < stratified_on:
+        missing = stratified_on - len(labelled)
+        return (
+            f"{missing} of the {stratified_on} records it was stratified on have no label here: "
+            "not compared"
+        )
+    if labels_digest(labelled) == document["labels_digest"]:
         return "stratified on these same labels: digest matches"
     log.warning(
         "these labels differ from the ones the CPSC 2018 split was stratified on (digest %s, "
         "not %s): same record partition, class balance not checked",
-        labels_digest(covered),
+        labels_digest(labelled),
         document["labels_digest"],
     )
     return "labels differ from those it was stratified on: class balance not checked"
+
+
+def load_split_with_check(
+    path: str | os.PathLike | None, labels: Mapping[str, Sequence[str]] | None
+) -> tuple[dict[str, str], str]:
+    """(record id → split, `compare_labels` verdict) of a split file; None loads the shipped one.
+
+    Without `labels` (e.g. records in the Challenge layout, whose labels are not read here) the
+    verdict says the labels were not compared.
+    """
+    document = load_split_document(path)
+    check = "labels not compared" if labels is None else compare_labels(document, labels)
+    return dict(document["splits"]), check
 
 
 def read_split_file(
@@ -254,15 +290,17 @@ def read_split_file(
     written: pass its column names here (e.g. `id_column="exam_id"`).
     """
     path = pathlib.Path(path)
+    if not path.is_file():
+        raise EcgFormatError(path, "split file is missing")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = {id_column, split_column} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: no column(s) {sorted(missing)}; has {reader.fieldnames}")
+            raise EcgFormatError(path, f"no column(s) {sorted(missing)}; has {reader.fieldnames}")
         out: dict[str, str] = {}
         for line, row in enumerate(reader, start=2):
             record = row[id_column].strip()
             if record in out:
-                raise ValueError(f"{path}:{line}: record {record} listed twice")
+                raise EcgFormatError(path, f"line {line}: record {record} listed twice")
             out[record] = row[split_column].strip()
     return out

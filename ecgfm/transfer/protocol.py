@@ -316,9 +316,8 @@ def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
 
 def _load_cpsc2018(spec: TaskSpec, root: pathlib.Path) -> TaskData:
     dataset = Cpsc2018(root)
-    reference = dataset.reference_labels or {}
-    document = splits_lib.load_split_document(spec.split_file)
-    split_of = dict(document["splits"])
+    reference = dataset.labels_by_record
+    split_of, split_check = splits_lib.load_split_with_check(spec.split_file, reference)
     unsplit = sorted(set(dataset.record_ids) - set(split_of))
     if unsplit:
         raise ValueError(
@@ -340,7 +339,7 @@ def _load_cpsc2018(spec: TaskSpec, root: pathlib.Path) -> TaskData:
         labels=multi_hot,
         dropped=dropped,
         read=dataset.read,
-        split_check=splits_lib.compare_labels(document, reference),
+        split_check=split_check,
     )
 
 

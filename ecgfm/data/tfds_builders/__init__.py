@@ -39,6 +39,16 @@ BUILDERS = {
 }
 
 
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raises ValueError for an unknown dataset or an option that `name`'s builder does not take."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+    unknown = sorted(set(options) - BUILDERS[name].OPTIONS - {"config_name"})
+    if unknown:
+        takes = ", ".join(sorted(BUILDERS[name].OPTIONS)) or "none"
+        raise ValueError(f"{name} takes no option(s) {unknown}; its options: {takes}")
+
+
 def make_builder(
     name: str,
     src_dir: str | os.PathLike,
@@ -49,15 +59,10 @@ def make_builder(
     **options: Any,
 ) -> EcgBuilder:
     """The TFDS builder for `name`, its config made from the source folder (label set etc.)."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+    check_options(name, options)
     if not pathlib.Path(src_dir).is_dir():
-        raise FileNotFoundError(f"source folder {src_dir} does not exist")
+        raise EcgFormatError(src_dir, "source folder does not exist")
     module = BUILDERS[name]
-    unknown = sorted(set(options) - module.OPTIONS - {"config_name"})
-    if unknown:
-        takes = ", ".join(sorted(module.OPTIONS)) or "none"
-        raise ValueError(f"{name} takes no option(s) {unknown}; its options: {takes}")
     # Options go into metadata.json: paths as strings.
     options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
     config = module.make_config(

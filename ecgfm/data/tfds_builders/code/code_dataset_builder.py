@@ -14,7 +14,7 @@ import pathlib
 from typing import Any
 
 from ecgfm.data.code import CSV_NAME, METADATA_COLUMNS, CodeDataset
-from ecgfm.data.record import EcgRecord
+from ecgfm.data.record import EcgFormatError, EcgRecord
 from ecgfm.data.splits import DEFAULT_FRACTIONS, patient_split, read_split_file
 from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
 
@@ -72,7 +72,10 @@ class Builder(EcgBuilder):
                 how = f"column {options['split_column']!r} of {reader.csv_path.name}"
             missing = [e for e in exam_ids if e not in split_of]
             if missing:
-                raise ValueError(f"{how} has no split for {len(missing)} exams, e.g. {missing[:5]}")
+                where = options.get("split_file") or reader.csv_path
+                raise EcgFormatError(
+                    where, f"{how} has no split for {len(missing)} exams, e.g. {missing[:5]}"
+                )
             plan: dict[str, list[str]] = {}
             for exam in exam_ids:
                 plan.setdefault(split_of[exam], []).append(exam)

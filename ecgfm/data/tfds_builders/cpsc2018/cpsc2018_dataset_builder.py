@@ -20,7 +20,7 @@ from typing import Any
 from ecgfm.data.challenge import ChallengeDataset, snomed_to_cpsc
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
 from ecgfm.data.record import EcgFormatError, EcgRecord
-from ecgfm.data.splits import compare_labels, load_split_document, make_cpsc2018_split
+from ecgfm.data.splits import load_split_with_check, make_cpsc2018_split
 from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
 
 TASK = "cpsc"
@@ -62,14 +62,17 @@ class Builder(EcgBuilder):
     def plan_splits(self, reader: Cpsc2018 | ChallengeDataset) -> SplitPlan:
         options = self.builder_config.options
         record_ids = list(reader.record_ids)
-        document = load_split_document(options.get("split_file") or None)
-        split_of = dict(document["splits"])
-        how = options.get("split_file") or "shipped resources/cpsc2018_split.json"
-        if isinstance(reader, Cpsc2018) and reader.reference_labels is not None:
-            how += f" ({compare_labels(document, reader.reference_labels)})"
+        split_file = options.get("split_file") or None
+        labels = reader.labels_by_record if isinstance(reader, Cpsc2018) else None
+        split_of, check = load_split_with_check(split_file, labels)
+        if labels is None:
+            check += " (Challenge layout: labels are read per record, not up front)"
+        how = f"{split_file or 'shipped resources/cpsc2018_split.json'} ({check})"
         missing = [r for r in record_ids if r not in split_of]
-        if missing and options.get("split_file"):
-            raise ValueError(f"{how} has no split for {len(missing)} records, e.g. {missing[:5]}")
+        if missing and split_file:
+            raise EcgFormatError(
+                split_file, f"has no split for {len(missing)} records, e.g. {missing[:5]}"
+            )
         if missing:
             seed = int(options.get("seed", 0))
             labels = {}
