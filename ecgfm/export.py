@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -66,13 +67,19 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
         workdir / checkpoint.CHECKPOINT_DIR, _on_one_device(target), partial=True
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Orbax refuses an existing destination: write beside the old arrays, then swap, so that
+    # exporting again (after more training, or a rerun of the demo) replaces them.
+    partial, arrays = out_dir / "encoder.partial", out_dir / "encoder"
+    shutil.rmtree(partial, ignore_errors=True)
     checkpoint.save_tree(
-        out_dir / "encoder",
+        partial,
         {
             "params": state["params"]["encoder"],
             "model_state": state.get("model_state", {}).get("encoder", encoder["model_state"]),
         },
     )
+    shutil.rmtree(arrays, ignore_errors=True)
+    partial.rename(arrays)
     hparams = config.model.get("hparams")
     spec = {
         "format_version": FORMAT_VERSION,

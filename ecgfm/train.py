@@ -313,6 +313,15 @@ class _MetricsLog:
         if self.enabled:
             self.writer.close()
 
+    def latest(self) -> dict[str, float]:
+        """Each metric's last logged value: what a finished run reports when it is rerun."""
+        latest: dict[str, float] = {}
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                if line.strip():
+                    latest |= {k: v for k, v in json.loads(line).items() if k != "step"}
+        return latest
+
 
 class _Throughput:
     """Samples per second between log points, from when each point's metrics reached the host.
@@ -530,4 +539,4 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     metrics_log.close()
     if step < train_cfg.steps:
         raise Preempted(step, workdir)
-    return final
+    return final if step > start_step else metrics_log.latest()

@@ -40,6 +40,16 @@ def test_export_holds_weights_spec_and_model_card(exported):
     assert not list(out.rglob("*.pkl"))
 
 
+def test_exporting_again_replaces_the_export(exported, tmp_path):
+    workdir, out = exported
+    again = tmp_path / "export"
+    shutil.copytree(out, again)
+    assert export_encoder(workdir, again) == again
+    assert json.loads((again / "ecgfm_encoder.json").read_text())["trained_steps"] == 3
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in out.iterdir())
+    load_encoder(again)
+
+
 def test_loaded_encoder_embeds_like_the_trained_one(exported):
     _workdir, out = exported
     encoder = load_encoder(out)

@@ -170,6 +170,9 @@ def test_smoke_config_trains_evaluates_and_writes_its_workdir(tmp_path):
         "3", "6"
     ]  # fmt: skip
     assert list((tmp_path / "tensorboard").iterdir())
+    # Rerunning the finished run trains nothing and reports what it logged last.
+    assert train_and_evaluate(config, tmp_path) == final
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == len(lines)
 
 
 def test_jepa_ema_target_is_sharded_like_the_parameters_it_tracks():
