@@ -290,19 +290,33 @@ def _multi_hot(labels: Sequence[Sequence[str]], class_names: Sequence[str]) -> n
     return out
 
 
+def _labelled_splits(
+    split_of: Mapping[str, str],
+    labels_of: Callable[[str], Sequence[str]],
+    class_names: Sequence[str],
+) -> tuple[dict[str, list[str]], dict[str, np.ndarray], dict[str, int]]:
+    """Per split (records in `split_of` order): the ids of records with a label in the task,
+    their `[N, K]` multi-hot labels, and how many were dropped for having none."""
+    record_ids, multi_hot, dropped = {}, {}, {}
+    for split in SPLITS:
+        in_split = [r for r, s in split_of.items() if s == split]
+        kept = [r for r in in_split if labels_of(r)]
+        record_ids[split] = kept
+        multi_hot[split] = _multi_hot([labels_of(r) for r in kept], class_names)
+        dropped[split] = len(in_split) - len(kept)
+    return record_ids, multi_hot, dropped
+
+
 def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
     dataset = PtbXl(root)
     labels = dataset.labels(spec.task)
     folds = dataset.database["strat_fold"]
     # The benchmark's classes: every label that occurs in the task (min_samples = 0).
     class_names = tuple(sorted({name for names in labels for name in names}))
-    record_ids, multi_hot, dropped = {}, {}, {}
-    for split in SPLITS:
-        in_split = [i for i in dataset.record_ids if int(folds[i]) in splits_lib.PTBXL_FOLDS[split]]
-        kept = [i for i in in_split if labels[i]]
-        record_ids[split] = [str(i) for i in kept]
-        multi_hot[split] = _multi_hot([labels[i] for i in kept], class_names)
-        dropped[split] = len(in_split) - len(kept)
+    split_of = {str(i): splits_lib.ptbxl_split_of_fold(folds[i]) for i in dataset.record_ids}
+    record_ids, multi_hot, dropped = _labelled_splits(
+        split_of, lambda record_id: labels[int(record_id)], class_names
+    )
     return TaskData(
         spec=spec,
         dataset_id=f"ptbxl:{root.resolve()}:{spec.sampling_rate}Hz",
@@ -324,13 +338,11 @@ def _load_cpsc2018(spec: TaskSpec, root: pathlib.Path) -> TaskData:
             f"records {unsplit[:5]}{'…' if len(unsplit) > 5 else ''} of {root} are in no split "
             f"of {spec.split_description()}"
         )
-    record_ids, multi_hot, dropped = {}, {}, {}
-    for split in SPLITS:
-        in_split = [r for r in dataset.record_ids if split_of[r] == split]
-        kept = [r for r in in_split if reference.get(r)]
-        record_ids[split] = kept
-        multi_hot[split] = _multi_hot([reference[r] for r in kept], CPSC_CLASSES)
-        dropped[split] = len(in_split) - len(kept)
+    record_ids, multi_hot, dropped = _labelled_splits(
+        {r: split_of[r] for r in dataset.record_ids},
+        lambda record_id: reference.get(record_id, ()),
+        CPSC_CLASSES,
+    )
     return TaskData(
         spec=spec,
         dataset_id=f"cpsc2018:{root.resolve()}:500Hz",
