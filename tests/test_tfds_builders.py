@@ -188,6 +188,10 @@ def test_code_split_from_an_explicit_file(tmp_path):
     summary = prepare_dataset("code", src, tmp_path / "data", split_file=split_file)
     assert set(TfdsSource(tmp_path / "data", "code", "validation").record_ids) == set(exams[:2])
     assert summary["splits"]["train"]["num_records"] == 4
+    split_file.write_text("exam_id,split\n" + "\n".join(rows[:5]) + "\n")
+    with pytest.raises(EcgFormatError, match="has no split for 1 exams") as info:
+        prepare_dataset("code", src, tmp_path / "again", split_file=split_file)
+    assert info.value.path == str(split_file)
 
 
 def test_ptbxl_build_has_six_tasks_folds_and_patients(tmp_path):

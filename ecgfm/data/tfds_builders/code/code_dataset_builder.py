@@ -72,9 +72,11 @@ class Builder(EcgBuilder):
                 how = f"column {options['split_column']!r} of {reader.csv_path.name}"
             missing = [e for e in exam_ids if e not in split_of]
             if missing:
+                # The error names the file; for a column of exams.csv, also the column.
                 where = options.get("split_file") or reader.csv_path
+                column = "" if options.get("split_file") else f"column {options['split_column']!r} "
                 raise EcgFormatError(
-                    where, f"{how} has no split for {len(missing)} exams, e.g. {missing[:5]}"
+                    where, f"{column}has no split for {len(missing)} exams, e.g. {missing[:5]}"
                 )
             plan: dict[str, list[str]] = {}
             for exam in exam_ids:
