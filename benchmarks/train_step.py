@@ -8,9 +8,10 @@ alternates the workers in rounds of `--steps` steps, so load from the rest of a 
 hits all of them alike. A round is timed from the first dispatch to `jax.block_until_ready`
 (PyTorch: the last `optimizer.step()`, or `torch.cuda.synchronize()`); the table gives the
 median round's time per step and, per framework, the median over rounds of its step time
-divided by JAX's in the same round. JAX runs `ecgfm.train.jit_train_step`, the trainer's own step
-(constant-LR AdamW, no clipping, weight decay on kernels only, BCE over 6 classes); PyTorch
-runs the same model, loss and optimizer (`torch_ribeiro.py`), eager and `torch.compile`d.
+divided by JAX's in the same round. JAX runs the trainer's own step
+(`ecgfm.train_state.compile_training`: constant-LR AdamW, no clipping, weight decay on
+kernels only, BCE over 6 classes); PyTorch runs the same model, loss and optimizer
+(`torch_ribeiro.py`), eager and `torch.compile`d.
 FLOPs per step come from XLA's cost analysis of the compiled step; on an accelerator whose
 peak is in `PEAK_BF16_FLOPS` (or given by `--peak-tflops`) the table adds MFU.
 """
@@ -84,44 +85,29 @@ class JaxStep:
 
     def __init__(self, args: argparse.Namespace):
         import jax
-        from ml_collections import ConfigDict
 
-        from ecgfm import sharding
-        from ecgfm import train as trainer
-        from ecgfm.objectives import make_objective
-        from ecgfm.optim import make_optimizer
+        from ecgfm import sharding, train_state
+        from ecgfm.models import ModelSpec
+        from ecgfm.objectives.supervised import SupervisedObjective
+        from ecgfm.optim import OptimConfig, make_optimizer
 
         self.jax = jax
-        config = ConfigDict()
-        config.model = {"name": "ribeiro_resnet", "hparams": {"input_length": args.input_length}}
-        config.objective = {"name": "supervised", "pos_weight": None}
-        config.optim = {
-            "learning_rate": LEARNING_RATE,
-            "schedule": "constant",
-            "b1": 0.9,
-            "b2": 0.999,
-            "weight_decay": WEIGHT_DECAY,
-            "clip_norm": 0.0,
-            "grad_accum_steps": 1,
-        }
+        model = ModelSpec.create("ribeiro_resnet", {"input_length": args.input_length})
+        optim = OptimConfig(
+            learning_rate=LEARNING_RATE, schedule="constant", weight_decay=WEIGHT_DECAY,
+            clip_norm=0.0,
+        )  # fmt: skip
         device = jax.devices()[0]
         self.mesh = sharding.make_mesh(1, devices=[device])
-        objective = make_objective(config)
-        tx, schedule = make_optimizer(config.optim, total_steps=1_000)
-        graphdef, _, shardings = trainer.state_shardings(
-            config, objective, tx, NUM_CLASSES, self.mesh
-        )
+        tx, schedule = make_optimizer(optim, total_steps=1_000)
+        training = train_state.compile_training(
+            lambda rngs: model.build_classifier(NUM_CLASSES, rngs), SupervisedObjective(), tx,
+            schedule, self.mesh,
+        )  # fmt: skip
         with jax.set_mesh(self.mesh):
-            init = jax.jit(
-                lambda key: trainer.init_state(config, objective, tx, NUM_CLASSES, key),
-                out_shardings=shardings,
-            )
-            self.state = init(jax.random.key(0))
-            self.batch = jax.device_put(_random_batch(args), sharding.batch_sharding(self.mesh))
-            step_fn = trainer.jit_train_step(
-                graphdef, shardings, self.mesh, objective, tx, schedule, accum_steps=1
-            )
-            self.compiled = step_fn.lower(self.state, self.batch).compile()
+            self.state = training.init(jax.random.key(0))
+            self.batch = training.global_batch(_random_batch(args))
+            self.compiled = training.step.lower(self.state, self.batch).compile()
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost  # a list of one dict in older JAX
         self.flops = float(cost["flops"]) if cost and "flops" in cost else None

@@ -81,14 +81,11 @@ def _restore(
 
 
 class Checkpointer:
-    """Saves every `save_every` steps (or when forced), keeps the latest `keep` steps."""
+    """Saves the steps it is given (the caller decides when), keeps the latest `keep`."""
 
-    def __init__(
-        self, directory: str | pathlib.Path, *, save_every: int, keep: int, async_save: bool = True
-    ):
+    def __init__(self, directory: str | pathlib.Path, *, keep: int, async_save: bool = True):
         self.directory = pathlib.Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            save_decision_policy=checkpoint_managers.FixedIntervalPolicy(save_every),
             preservation_policy=checkpoint_managers.LatestN(keep),
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True,
@@ -99,12 +96,12 @@ class Checkpointer:
         """Finalized steps on disk, oldest first (unfinished temporary saves are not listed)."""
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iterator: Any, *, force: bool = False) -> bool:
-        """Start saving `state` and the iterator position at `step` if due (or `force`)."""
+    def save(self, step: int, state: Any, data_iterator: Any) -> None:
+        """Start saving `state` and the iterator position (None: no data stream) at `step`."""
         args = {_STATE: ocp.args.StandardSave(state)}
         if data_iterator is not None:
             args[_DATA] = grain.checkpoint.CheckpointSave(_IteratorState(data_iterator))
-        return self._manager.save(step, args=ocp.args.Composite(**args), force=force)
+        self._manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def restore_latest(self, target: Any, data_iterator: Any) -> tuple[Any, int] | None:
         """(state, step) from the newest step that restores; None when the directory is empty.

@@ -30,10 +30,12 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _format_built_dataset(summary: dict) -> str:
+    from ecgfm.data.preprocessing import Preprocessing
+
     spec = summary.get("preprocessing")
     lines = [
         f"{summary['name']} {summary.get('version')}  at {summary['path']}",
-        f"  preprocessing: {spec if spec else 'none (signals as the source ships them)'}",
+        f"  preprocessing: {Preprocessing.from_dict(spec).describe() if spec else 'none'}",
         f"  storage: {summary['storage']}",
         f"  splits: {summary.get('split_plan')}",
     ]
@@ -104,20 +106,41 @@ def _split_fractions(text: str) -> dict[str, float]:
     return dict(pairs)
 
 
+def _prepare_spec(args: argparse.Namespace):
+    """The spec `--config` or `--preprocessing` asks for (full length), or None."""
+    from ecgfm.config import load_config
+    from ecgfm.data.preprocessing import Preprocessing
+
+    if args.config is not None:
+        spec = load_config(args.config).data.preprocessing.to_dict()
+        return Preprocessing.from_dict(spec | {"num_samples": None})
+    if args.preprocessing is not None:
+        return Preprocessing.from_json(args.preprocessing)
+    return None
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from ecgfm.data.tfds_builders import check_options, prepare_dataset
 
     given = {"split_file": args.split_file, "split_column": args.split_column,
              "id_column": args.id_column, "seed": args.seed,
-             "fractions": args.fractions}  # fmt: skip
+             "fractions": args.fractions, "compression": args.compression}  # fmt: skip
     options = {k: v for k, v in given.items() if v is not None}
     try:
         check_options(args.dataset, options)
     except ValueError as error:
         print(f"ecgfm prepare: {error}", file=sys.stderr)
         return 2
+    try:
+        preprocessing = _prepare_spec(args)
+    except ValueError as error:
+        print(f"ecgfm prepare: {error}", file=sys.stderr)
+        return 2
     on_error = "skip" if args.skip_bad else "raise"
-    summary = prepare_dataset(args.dataset, args.src, args.data_dir, on_error=on_error, **options)
+    summary = prepare_dataset(
+        args.dataset, args.src, args.data_dir, preprocessing=preprocessing, on_error=on_error,
+        **options,
+    )  # fmt: skip
     print(_format_built_dataset(summary))
     return 0
 
@@ -394,6 +417,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="code: seed of the patient-level split (default 0); cpsc2018: seed of the split "
         "made over the folder's own labels when the shipped split does not list every record "
         "(then no record keeps the shipped assignment; the metadata says so)",
+    )
+    p.add_argument(
+        "--compression",
+        choices=("none", "snappy", "zstd"),
+        help="of the array_record shards (default none: ECG int16 barely compresses and "
+        "decompressing is most of the reader's CPU time; see benchmarks/README.md)",
+    )
+    spec = p.add_mutually_exclusive_group()
+    spec.add_argument(
+        "--config",
+        type=pathlib.Path,
+        help="store the signals as this training config's data.preprocessing says (full length: "
+        "training crops its windows), so the config and the dataset agree",
+    )
+    spec.add_argument(
+        "--preprocessing",
+        help='a Preprocessing spec as JSON, e.g. \'{"sampling_rate": 500, "bandpass": [0.5, 40]}\' '
+        "(default: the files' own rate, all 12 leads, no filter)",
     )
     p.set_defaults(run=_prepare)
 

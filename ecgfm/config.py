@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -123,3 +124,31 @@ def _parse(text: str, kind: type, key: str) -> Any:
     if kind in (tuple, list) and isinstance(value, (tuple, list)):
         return kind(value)
     return value
+
+
+def settings_from(cls: type, values: Mapping[str, Any] | None, where: str) -> Any:
+    """The frozen dataclass `cls` built from `values` (e.g. a config section), once.
+
+    A key that is not a field of `cls` raises `ConfigError` naming it (as `where.key`) and the
+    valid keys, so a misspelt setting never silently takes its default. Lists become tuples
+    (ConfigDict and JSON give lists where the dataclasses hold tuples).
+    """
+    values = dict(values or {})
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        keys = ", ".join(f"{where}.{k}" for k in unknown)
+        raise ConfigError(
+            f"unknown config key(s) {keys}; valid keys of {where}: {', '.join(known)}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def section(settings: Any, **extra: Any) -> ConfigDict:
+    """A frozen dataclass's fields (plus `extra`) as a config section; every field overridable."""
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    return ConfigDict(extra | values)

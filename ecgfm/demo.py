@@ -1,9 +1,10 @@
 """`ecgfm demo`: the whole mission on the built-in synthetic data, in minutes on a 2-core CPU.
 
-synthetic CODE-15%-layout exams → supervised pretraining of a small Ribeiro ResNet (sharded over
-all local devices) → Orbax checkpoint → export → linear probe and a short fine-tune on synthetic
-PTB-XL- and CPSC-2018-layout data → one results table with 95 % CIs beside the baselines
-(the same probe on a randomly initialised encoder; the same network trained from scratch).
+synthetic CODE-15%-layout exams → `ecgfm prepare` into a packed TFDS dataset → supervised
+pretraining of a small Ribeiro ResNet from it through grain (sharded over all local devices)
+→ Orbax checkpoint → export → linear probe and a short fine-tune on synthetic PTB-XL- and
+CPSC-2018-layout data → one results table with 95 % CIs beside the baselines (the same probe on
+a randomly initialised encoder; the same network trained from scratch).
 """
 
 from __future__ import annotations
@@ -22,70 +23,46 @@ SAMPLING_RATE = 400.0
 WINDOW_SAMPLES = 1000  # 2.5 s: the PTB-XL benchmark's input window
 
 
-def demo_config(data_dir: pathlib.Path, *, steps: int = 300, num_exams: int = 800) -> ConfigDict:
-    """Supervised pretraining of a small Ribeiro ResNet on synthetic CODE-layout exams."""
-    config = ConfigDict()
-    config.seed = 0
-    config.data = ConfigDict(
-        {
-            "source": "code_hdf5",
-            "path": str(data_dir),
-            "synthetic_exams": num_exams,
-            "synthetic_seed": 0,
-            "val_fraction": 0.2,
-            "split_seed": 0,
-            "preprocessing": {
-                "sampling_rate": SAMPLING_RATE,
-                "num_samples": WINDOW_SAMPLES,
-                "normalization": "none",
-            },
-        }
-    )
-    config.model = ConfigDict(
-        {
-            "name": "ribeiro_resnet",
-            "hparams": {
-                "widths": (16, 32, 48, 64),
-                "kernel_size": 9,
-                "dropout": 0.1,
-                "input_length": WINDOW_SAMPLES,
-                "bn_momentum": 0.9,
-                "dtype": "float32",
-            },
-        }
-    )
-    config.objective = ConfigDict({"name": "supervised", "pos_weight": None})
-    config.optim = ConfigDict(
-        {
-            "learning_rate": 3e-3,
-            "schedule": "warmup_cosine",
-            "warmup_steps": 20,
-            "end_lr_fraction": 0.01,
-            "b1": 0.9,
-            "b2": 0.999,
-            "weight_decay": 1e-4,
-            "clip_norm": 1.0,
-            "grad_accum_steps": 1,
-        }
-    )
-    config.train = ConfigDict(
-        {
-            "steps": steps,
-            "global_batch_size": 32,
-            "log_every": 10,
-            "eval_every": steps // 2,
-            "checkpoint_every": steps // 3,
-            "keep_checkpoints": 2,
-            "async_checkpoint": True,
-        }
-    )
-    config.mesh = ConfigDict({"data": -1, "fsdp": 1, "model": 1})  # every local device
-    config.distributed = ConfigDict(
-        {"coordinator_address": "", "num_processes": 0, "process_id": -1, "auto": False}
-    )
-    config.resume = ""
-    config.init_from = ""
+def demo_config(data_dir: pathlib.Path, *, steps: int = 300) -> ConfigDict:
+    """Supervised pretraining of a small Ribeiro ResNet on the packed dataset in `data_dir`."""
+    from ecgfm.experiment import base_config
+    from ecgfm.models import model_section
+
+    config = base_config()
+    config.data.path = str(data_dir)
+    config.data.name = "code"
+    config.data.preprocessing.sampling_rate = SAMPLING_RATE
+    config.data.preprocessing.num_samples = WINDOW_SAMPLES
+    config.model = model_section(
+        "ribeiro_resnet", widths=(16, 32, 48, 64), kernel_size=9, dropout=0.1,
+        input_length=WINDOW_SAMPLES, bn_momentum=0.9,
+    )  # fmt: skip
+    config.optim.learning_rate = 3e-3
+    config.optim.warmup_steps = 20
+    config.train.steps = steps
+    config.train.global_batch_size = 32
+    config.train.log_every = 10
+    config.train.eval_every = steps // 2
+    config.train.checkpoint_every = steps // 3
+    config.train.keep_checkpoints = 2
     return config
+
+
+def synthetic_code_dataset(data: pathlib.Path, *, num_exams: int) -> pathlib.Path:
+    """Synthetic CODE-15%-layout exams in `data/code`, packed by `ecgfm prepare` into
+    `data/tfds` (80/20 by patient, 400 Hz, full length); returns that TFDS data dir."""
+    from ecgfm.data.preprocessing import Preprocessing
+    from ecgfm.data.synthetic import write_dataset
+    from ecgfm.data.tfds_builders import prepare_dataset
+
+    if not (data / "code").is_dir():
+        write_dataset("code", data / "code", num_records=num_exams, seed=0)
+    prepare_dataset(
+        "code", data / "code", data / "tfds",
+        preprocessing=Preprocessing(sampling_rate=SAMPLING_RATE),
+        fractions={"train": 0.8, "validation": 0.2}, seed=0,
+    )  # fmt: skip
+    return data / "tfds"
 
 
 def run_demo(
@@ -98,8 +75,7 @@ def run_demo(
     num_bootstrap: int = 500,
 ) -> dict[str, Any]:
     """Runs every stage into `workdir` (reusing what is already there) and prints the results."""
-    from ecgfm.data.synthetic.cpsc2018 import write_cpsc2018_dataset
-    from ecgfm.data.synthetic.ptbxl import write_ptbxl_dataset
+    from ecgfm.data.synthetic import write_dataset
     from ecgfm.export import export_encoder
     from ecgfm.train import train_and_evaluate
     from ecgfm.transfer import protocol
@@ -107,20 +83,24 @@ def run_demo(
     from ecgfm.transfer.probe import run_probe
 
     workdir = pathlib.Path(workdir)
-    _stage("1/5 pretraining on synthetic CODE-15%-layout exams", workdir / "pretrain")
-    config = demo_config(workdir / "data" / "code", steps=pretrain_steps, num_exams=num_exams)
+    data = workdir / "data"
+    _stage("1/6 writing synthetic CODE-15%-layout exams and packing them (ecgfm prepare)", data)
+    packed = synthetic_code_dataset(data, num_exams=num_exams)
+
+    _stage("2/6 pretraining from the packed dataset", workdir / "pretrain")
+    config = demo_config(packed, steps=pretrain_steps)
     pretrain = train_and_evaluate(config, workdir / "pretrain")
 
-    _stage("2/5 exporting the encoder", workdir / "encoder")
+    _stage("3/6 exporting the encoder", workdir / "encoder")
     encoder = export_encoder(workdir / "pretrain", workdir / "encoder")
 
-    _stage("3/5 writing synthetic PTB-XL and CPSC 2018 folders", workdir / "data")
-    ptbxl_root = workdir / "data" / "ptbxl"
-    if not (ptbxl_root / "ptbxl_database.csv").is_file():
-        write_ptbxl_dataset(ptbxl_root, num_records=num_downstream, seed=1, sampling_rates=(500,))
-    cpsc_root = workdir / "data" / "cpsc2018"
-    if not (cpsc_root / "REFERENCE.csv").is_file():
-        write_cpsc2018_dataset(cpsc_root, num_records=num_downstream, seed=2)
+    _stage("4/6 writing synthetic PTB-XL and CPSC 2018 folders", data)
+    ptbxl_root, cpsc_root = data / "ptbxl", data / "cpsc2018"
+    if not ptbxl_root.is_dir():
+        write_dataset("ptbxl", ptbxl_root, num_records=num_downstream, seed=1,
+                      sampling_rates=(500,))  # fmt: skip
+    if not cpsc_root.is_dir():
+        write_dataset("cpsc2018", cpsc_root, num_records=num_downstream, seed=2)
 
     windowing = protocol.Windowing(
         window_s=WINDOW_SAMPLES / SAMPLING_RATE, train_stride_s=2.5, eval_stride_s=2.5
@@ -132,7 +112,7 @@ def run_demo(
     results: dict[str, dict[str, Any]] = {}
     for name, task in tasks.items():
         slug = task.dataset
-        _stage(f"4/5 linear probe: {name}", workdir / f"probe_{slug}")
+        _stage(f"5/6 linear probe: {name}", workdir / f"probe_{slug}")
         results[f"{name} · probe"] = run_probe(
             encoder,
             task,
@@ -142,7 +122,7 @@ def run_demo(
             seeds=(0,),
             num_bootstrap=num_bootstrap,
         )
-    _stage("5/5 fine-tuning on PTB-XL beside training from scratch", workdir / "finetune_ptbxl")
+    _stage("6/6 fine-tuning on PTB-XL beside training from scratch", workdir / "finetune_ptbxl")
     results["PTB-XL superdiagnostic · fine-tune"] = run_finetune(
         encoder,
         tasks["PTB-XL superdiagnostic"],

@@ -7,42 +7,61 @@ sharded over the mesh's data axes without copying data between hosts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
 import jax
 import numpy as np
-from ml_collections import ConfigDict
 
 log = logging.getLogger(__name__)
 
-# Environments where `jax.distributed.initialize()` finds the coordinator by itself.
-_AUTO_DETECT_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """How the processes of a run find each other (`config.distributed`).
+
+    Attributes:
+      coordinator_address: host:port of process 0; "" = from `JAX_COORDINATOR_ADDRESS`, or
+        auto-detection, or a single process.
+      num_processes, process_id: with an address; 0 / -1 = from `JAX_NUM_PROCESSES` /
+        `JAX_PROCESS_ID`.
+      auto: let JAX detect the cluster (TPU pods, SLURM, MPI) even with one task.
+      timeout_s: how long to wait for the other processes.
+    """
+
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    auto: bool = False
+    timeout_s: int = 300
 
 
-def initialize(config: ConfigDict) -> None:
-    """Join the process group described by `config.distributed` or the environment.
+def initialize(dist: DistributedConfig) -> None:
+    """Join the process group described by `dist` or the environment.
 
     Explicit `coordinator_address` / `num_processes` / `process_id` (config, or the
     `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` variables) win; with
     `auto=True`, or on a SLURM job / TPU pod / MPI launch with more than one task, JAX
-    auto-detects them. A single process with none of these skips initialisation.
+    auto-detects them. A single process with none of these skips initialisation, as does a
+    process that already joined (a second run in the same process).
     """
-    dist = config.get("distributed", ConfigDict())
-    address = dist.get("coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if jax.distributed.is_initialized():
+        return
+    address = dist.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if address:
-        num_processes = dist.get("num_processes") or int(os.environ["JAX_NUM_PROCESSES"])
-        process_id = dist.get("process_id")
-        if process_id is None or process_id < 0:  # unset in the config
+        num_processes = dist.num_processes or int(os.environ["JAX_NUM_PROCESSES"])
+        process_id = dist.process_id
+        if process_id < 0:  # unset in the config
             process_id = int(os.environ["JAX_PROCESS_ID"])
         log.info("joining %s as process %d of %d", address, process_id, num_processes)
         jax.distributed.initialize(
             address,
             num_processes=num_processes,
             process_id=process_id,
-            initialization_timeout=dist.get("timeout_s", 300),
+            initialization_timeout=dist.timeout_s,
         )
-    elif dist.get("auto", False) or _launched_with_many_tasks():
+    elif dist.auto or _launched_with_many_tasks():
         log.info("jax.distributed.initialize() with auto-detected cluster")
         jax.distributed.initialize()
 

@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 
 from ecgfm import checkpoint, models
 from ecgfm.data.preprocessing import Preprocessing
+from ecgfm.experiment import Experiment
 
 SPEC_FILE = "ecgfm_encoder.json"
 FORMAT_VERSION = 1
@@ -33,12 +34,11 @@ def _on_one_device(tree: Any) -> Any:
     return checkpoint.abstract_like(tree, jax.tree.map(lambda _: sharding, tree))
 
 
-def _abstract_encoder(config: ConfigDict, num_classes: int) -> dict[str, Any]:
-    """Abstract `{"params", "model_state"}` of the encoder of the model `config` trains."""
-    from ecgfm.objectives import make_objective
-
-    objective = make_objective(config)
-    model = nnx.eval_shape(lambda: objective.build_model(config, num_classes, nnx.Rngs(params=0)))
+def _abstract_encoder(exp: Experiment, num_classes: int) -> dict[str, Any]:
+    """Abstract `{"params", "model_state"}` of the encoder of the model `exp` trains."""
+    model = nnx.eval_shape(
+        lambda: exp.objective.build_model(exp.model, num_classes, nnx.Rngs(params=0))
+    )
     _, params, model_state = nnx.split(model, nnx.Param, ...)
     return {
         "params": nnx.to_pure_dict(params)["encoder"],
@@ -55,8 +55,9 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
 
     workdir, out_dir = pathlib.Path(workdir), pathlib.Path(out_dir)
     config = ConfigDict(json.loads((workdir / "config.json").read_text()))
+    exp = Experiment.from_config(config)
     data_spec = json.loads((workdir / "data_spec.json").read_text())
-    encoder = _abstract_encoder(config, len(data_spec["label_names"]))
+    encoder = _abstract_encoder(exp, len(data_spec["label_names"]))
     target = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),
         "params": {"encoder": encoder["params"]},
@@ -80,20 +81,18 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
     )
     shutil.rmtree(arrays, ignore_errors=True)
     partial.rename(arrays)
-    hparams = config.model.get("hparams")
     spec = {
         "format_version": FORMAT_VERSION,
-        "model": config.model.name,
-        "hparams": hparams.to_dict() if hparams is not None else {},
+        **exp.model.to_dict(),
         "preprocessing": data_spec["preprocessing"],
         "label_names": data_spec["label_names"],
         "training_data": {
-            "source": config.data.get("source"),
+            **data_spec.get("data", {"source": exp.data.source}),
             "num_train_exams": data_spec.get("num_train_exams"),
             "num_val_exams": data_spec.get("num_val_exams"),
         },
         "trained_steps": int(state["step"]),
-        "objective": config.objective.name,
+        "objective": exp.objective_name,
     }
     (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     (out_dir / "README.md").write_text(_model_card(spec))

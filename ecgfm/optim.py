@@ -1,8 +1,6 @@
 """AdamW with warm-up + cosine or one-cycle schedules, clipping, decay masks, accumulation.
 
-`make_optimizer(config, total_steps)` reads `config.optim` (see experiments/configs/smoke.py):
-`learning_rate`, `schedule` ("warmup_cosine" | "one_cycle" | "constant"), `warmup_steps`,
-`end_lr_fraction`, `b1`, `b2`, `weight_decay`, `clip_norm` (0 disables), `grad_accum_steps`.
+`make_optimizer(optim, total_steps)` builds what an `OptimConfig` (`config.optim`) describes.
 `make_group_optimizer` gives each top-level parameter group (a Classifier's `encoder` and
 `head`) its own learning-rate schedule: discriminative learning rates for fine-tuning.
 
@@ -15,13 +13,13 @@ Schedules count optimizer updates. Two consequences a config must allow for:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from ml_collections import ConfigDict
 
 # Weight decay by parameter name (the last key of its path), for every model in ecgfm.models and
 # the objectives' heads. Only weight matrices and convolution kernels are regularised: decaying
@@ -35,7 +33,61 @@ NOT_DECAYED_NAMES = frozenset(
 )  # fmt: skip
 
 
-def make_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
+SCHEDULES = ("constant", "warmup_cosine", "one_cycle")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW and its learning-rate schedule (`config.optim`).
+
+    Attributes:
+      learning_rate: peak learning rate (0 trains nothing; negative is refused).
+      schedule: "constant", "warmup_cosine" (linear warm-up from 0, cosine decay) or
+        "one_cycle".
+      warmup_steps: updates of linear warm-up ("warmup_cosine").
+      end_lr_fraction: where the cosine ends, as a fraction of the peak.
+      pct_start: fraction of the updates spent rising ("one_cycle").
+      b1, b2: Adam's moment decay rates.
+      weight_decay: decoupled weight decay (kernels only, `weight_decay_mask`).
+      clip_norm: global gradient norm clip, 0 disables.
+      grad_accum_steps: micro-batches per update.
+    """
+
+    learning_rate: float = 1e-3
+    schedule: str = "warmup_cosine"
+    warmup_steps: int = 0
+    end_lr_fraction: float = 0.01
+    pct_start: float = 0.3
+    b1: float = 0.9
+    b2: float = 0.999
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    grad_accum_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown optim.schedule {self.schedule!r}; expected {SCHEDULES}")
+        rules = {
+            "learning_rate": (self.learning_rate >= 0, ">= 0"),
+            "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
+            "end_lr_fraction": (0 <= self.end_lr_fraction <= 1, "in [0, 1]"),
+            "pct_start": (0 < self.pct_start < 1, "in (0, 1)"),
+            "b1": (0 <= self.b1 < 1, "in [0, 1)"),
+            "b2": (0 <= self.b2 < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "clip_norm": (self.clip_norm >= 0, ">= 0 (0 disables)"),
+            "grad_accum_steps": (self.grad_accum_steps >= 1, ">= 1"),
+        }
+        problems = [
+            f"{name} is {getattr(self, name)}, must be {rule}"
+            for name, (ok, rule) in rules.items()
+            if not ok
+        ]
+        if problems:
+            raise ValueError("optim: " + "; ".join(problems))
+
+
+def make_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
     """The learning rate per optimizer update step for `optim.schedule`."""
     peak = optim.learning_rate
     if optim.schedule == "constant":
@@ -53,11 +105,9 @@ def make_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
         return optax.cosine_onecycle_schedule(
             transition_steps=max(total_steps, 1),
             peak_value=peak,
-            pct_start=optim.get("pct_start", 0.3),
+            pct_start=optim.pct_start,
         )
-    raise ValueError(
-        f"unknown optim.schedule {optim.schedule!r}; expected constant, warmup_cosine, one_cycle"
-    )
+    raise AssertionError(optim.schedule)  # OptimConfig admits only SCHEDULES
 
 
 def weight_decay_mask(params: Any) -> Any:
@@ -84,14 +134,14 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(
-    optim: ConfigDict, total_steps: int
+    optim: OptimConfig, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """AdamW (+ clipping, decay mask, accumulation) and its schedule, in optimizer-update steps.
 
     `total_steps` counts train steps (micro-batches); with `grad_accum_steps = n` the optimizer
     updates every n steps, so the schedule spans `total_steps // n` updates.
     """
-    accum = max(int(optim.get("grad_accum_steps", 1)), 1)
+    accum = optim.grad_accum_steps
     schedule = make_schedule(optim, total_steps // accum)
     parts = []
     if optim.clip_norm:
@@ -152,7 +202,7 @@ def scale_by_group_schedule(
 
 
 def make_group_optimizer(
-    optim: ConfigDict, schedules: Mapping[str, optax.Schedule]
+    optim: OptimConfig, schedules: Mapping[str, optax.Schedule]
 ) -> optax.GradientTransformation:
     """AdamW with one learning-rate schedule per top-level parameter group (e.g. encoder, head).
 

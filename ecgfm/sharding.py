@@ -17,6 +17,7 @@ CPU); ours is inert until `state_shardings` reads it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,27 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes (`config.mesh`); `data=-1` takes the devices the others leave."""
+
+    data: int = -1
+    fsdp: int = 1
+    model: int = 1
+
+    def __post_init__(self) -> None:
+        if self.data == 0 or self.data < -1 or self.fsdp < 1 or self.model < 1:
+            raise ValueError(
+                f"mesh sizes must be positive (data may be -1), got data={self.data}, "
+                f"fsdp={self.fsdp}, model={self.model}"
+            )
+
+    def make(self) -> Mesh:
+        """The mesh over every device of every process."""
+        return make_mesh(self.data, self.fsdp, self.model)
+
 
 MeshAxes = str | tuple[str, ...] | None
 

@@ -10,9 +10,10 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from sklearn.linear_model import LogisticRegression
 
-from ecgfm import sharding, train
+from ecgfm import sharding, train_state
 from ecgfm.metrics import macro_auroc
-from ecgfm.objectives import make_objective
+from ecgfm.models import ModelSpec
+from ecgfm.objectives import RunContext, make_objective
 
 T = 64  # samples: 4 patches of 16 per lead
 
@@ -30,10 +31,28 @@ def synthetic_exams(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return signal.astype(np.float32), label
 
 
+def objective_and_model(config, accum_steps: int = 1):
+    """(objective, model spec) of a test config's `objective` and `model` sections; the
+    objective's `sampling_rate`, if any, is the run's (what `Experiment` takes from the data)."""
+    settings = config.objective.to_dict()
+    name = settings.pop("name")
+    context = RunContext(sampling_rate=settings.pop("sampling_rate", None), accum_steps=accum_steps)
+    model = ModelSpec.create(config.model.name, config.model.hparams.to_dict())
+    return make_objective(name, settings, context), model
+
+
+def fresh_state(objective, model, tx):
+    """A state from key 0 and the model's graph definition (no labels: 0 classes)."""
+    state = train_state.init_state(
+        lambda rngs: objective.build_model(model, 0, rngs), tx, jax.random.key(0)
+    )
+    return state, nnx.graphdef(objective.build_model(model, 0, nnx.Rngs(params=0)))
+
+
 def loss_on_mesh(config, devices):
     """The jitted loss of a fixed model and batch, the batch sharded over `devices`."""
-    objective = make_objective(config)
-    model = objective.build_model(config, 0, nnx.Rngs(params=0))
+    objective, spec = objective_and_model(config)
+    model = objective.build_model(spec, 0, nnx.Rngs(params=0))
     graphdef, state = nnx.split(model)
     signal, _ = synthetic_exams(16, seed=2)
     mesh = sharding.make_mesh(devices=devices)
@@ -54,13 +73,12 @@ def loss_on_mesh(config, devices):
 
 def fit(config, signal, steps):
     """`steps` steps of the trainer's `train_step` (Adam) on one batch; (losses, state)."""
-    objective = make_objective(config)
+    objective, model = objective_and_model(config)
     tx = optax.adam(3e-3)
-    state = train.init_state(config, objective, tx, 0, jax.random.key(0))
-    graphdef = nnx.graphdef(objective.build_model(config, 0, nnx.Rngs(params=0)))
+    state, graphdef = fresh_state(objective, model, tx)
     step = jax.jit(
         functools.partial(
-            train.train_step, graphdef, objective=objective, tx=tx,
+            train_state.train_step, graphdef, objective=objective, tx=tx,
             schedule=optax.constant_schedule(3e-3), accum_steps=1,
         )
     )  # fmt: skip

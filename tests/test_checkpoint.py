@@ -16,7 +16,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ecgfm import checkpoint, sharding
-from ecgfm.train import PREEMPTED_EXIT_CODE
+from ecgfm.preemption import PREEMPTED_EXIT_CODE
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # As the CLI does: a preempted run exits with its documented code.
@@ -55,7 +55,8 @@ def _finished(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> pathlib.Path:
-    """An uninterrupted 24-step run; its data folder is shared by the interrupted runs."""
+    """An uninterrupted 24-step run from synthetic exams it writes and packs (synth → prepare
+    → pretrain); its data folder is shared by the interrupted runs."""
     workdir = tmp_path_factory.mktemp("reference")
     _finished(_train(workdir))
     return workdir
@@ -129,7 +130,7 @@ def _target(mesh):
 
 
 def test_restores_onto_another_mesh_with_the_data_position(tmp_path):
-    checkpointer = checkpoint.Checkpointer(tmp_path, save_every=1, keep=2)
+    checkpointer = checkpoint.Checkpointer(tmp_path, keep=2)
     it = _iterator()
     next(it), next(it)
     checkpointer.save(2, _state(sharding.make_mesh()), it)
@@ -138,7 +139,7 @@ def test_restores_onto_another_mesh_with_the_data_position(tmp_path):
 
     one_device = sharding.make_mesh(devices=jax.devices()[:1])
     fresh = _iterator()
-    state, step = checkpoint.Checkpointer(tmp_path, save_every=1, keep=2).restore_latest(
+    state, step = checkpoint.Checkpointer(tmp_path, keep=2).restore_latest(
         _target(one_device), fresh
     )
     assert step == 2
@@ -150,7 +151,7 @@ def test_restores_onto_another_mesh_with_the_data_position(tmp_path):
 
 def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_used(tmp_path, caplog):
     mesh = sharding.make_mesh()
-    checkpointer = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    checkpointer = checkpoint.Checkpointer(tmp_path, keep=3)
     it = _iterator()
     for step in (1, 2):
         next(it)
@@ -163,7 +164,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_used(tmp_
     (tmp_path / "3.orbax-checkpoint-tmp-123").mkdir()
 
     fresh = _iterator()
-    restarted = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    restarted = checkpoint.Checkpointer(tmp_path, keep=3)
     with caplog.at_level(logging.WARNING):
         _, step = restarted.restore_latest(_target(mesh), fresh)
     assert step == 1
@@ -181,7 +182,7 @@ def test_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_used(tmp_
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_checkpoints_of_another_config_are_refused_and_kept(tmp_path):
     mesh = sharding.make_mesh()
-    checkpointer = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    checkpointer = checkpoint.Checkpointer(tmp_path, keep=3)
     it = _iterator()
     for step in (1, 2, 3):
         checkpointer.save(step, _state(mesh), it)
@@ -190,7 +191,7 @@ def test_checkpoints_of_another_config_are_refused_and_kept(tmp_path):
     wider = _target(mesh)
     w = wider["params"]["w"]
     wider["params"]["w"] = jax.ShapeDtypeStruct((8, 6), w.dtype, sharding=w.sharding)
-    restarted = checkpoint.Checkpointer(tmp_path, save_every=1, keep=3)
+    restarted = checkpoint.Checkpointer(tmp_path, keep=3)
     with pytest.raises(checkpoint.CheckpointMismatchError, match="do not match this config"):
         restarted.restore_latest(wider, _iterator())
     assert restarted.all_steps() == [1, 2, 3]
@@ -201,13 +202,13 @@ def test_checkpoints_of_another_config_are_refused_and_kept(tmp_path):
 
 
 def test_empty_directory_has_nothing_to_restore(tmp_path):
-    checkpointer = checkpoint.Checkpointer(tmp_path / "ckpt", save_every=1, keep=1)
+    checkpointer = checkpoint.Checkpointer(tmp_path / "ckpt", keep=1)
     assert checkpointer.restore_latest(_target(sharding.make_mesh()), _iterator()) is None
 
 
 def test_partial_restore_reads_only_the_requested_arrays(tmp_path):
     mesh = sharding.make_mesh()
-    checkpointer = checkpoint.Checkpointer(tmp_path, save_every=1, keep=1)
+    checkpointer = checkpoint.Checkpointer(tmp_path, keep=1)
     checkpointer.save(5, _state(mesh), None)
     checkpointer.close()
     target = _target(mesh)

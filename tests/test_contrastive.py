@@ -6,10 +6,16 @@ import numpy as np
 import optax
 import pytest
 from ml_collections import ConfigDict
-from ssl_helpers import fit, loss_on_mesh, probe_auroc, synthetic_exams
+from ssl_helpers import (
+    fit,
+    fresh_state,
+    loss_on_mesh,
+    objective_and_model,
+    probe_auroc,
+    synthetic_exams,
+)
 
-from ecgfm import train
-from ecgfm.objectives import health, make_objective
+from ecgfm.objectives import health
 from ecgfm.objectives.contrastive import info_nce
 
 
@@ -112,9 +118,7 @@ def test_simclr_loss_decreases(simclr_run):
 
 def test_simclr_probe_beats_a_random_encoder(simclr_run):
     config, (_, state, graphdef) = simclr_run
-    random_state = train.init_state(
-        config, make_objective(config), optax.adam(1e-3), 0, jax.random.key(0)
-    )
+    random_state, _ = fresh_state(*objective_and_model(config), optax.adam(1e-3))
     trained, random = probe_auroc(graphdef, state, 4), probe_auroc(graphdef, random_state, 4)
     assert trained > random + 0.02, (trained, random)
 
@@ -123,16 +127,16 @@ def test_simclr_without_augmentations_is_refused():
     # Its two views would be the same signal: the loss is trivially minimised.
     for objective in ({"method": "simclr", "augmentations": ()}, {"method": "simclr"}):
         with pytest.raises(ValueError, match="identical views"):
-            make_objective(tiny_config(**objective))
+            objective_and_model(tiny_config(**objective))
     with pytest.raises(ValueError, match="identical views"):
-        make_objective(
+        objective_and_model(
             tiny_config(method="simclr", augmentations=("amplitude_scale",), augment_probability=0)
         )
-    make_objective(tiny_config(method="clocs", view="cmsc", augmentations=()))  # views differ
+    objective_and_model(tiny_config(method="clocs", view="cmsc", augmentations=()))  # views differ
 
 
 def test_time_based_augmentations_need_the_sampling_rate():
     names = ("amplitude_scale", "baseline_wander")
     with pytest.raises(ValueError, match="sampling_rate"):
-        make_objective(tiny_config(method="simclr", augmentations=names))
-    make_objective(tiny_config(method="simclr", augmentations=names, sampling_rate=500.0))
+        objective_and_model(tiny_config(method="simclr", augmentations=names))
+    objective_and_model(tiny_config(method="simclr", augmentations=names, sampling_rate=500.0))

@@ -1,6 +1,5 @@
 """Exported encoders: self-describing, reload to the same embeddings, refuse mismatched input."""
 
-import functools
 import json
 import pathlib
 import shutil
@@ -10,12 +9,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ecgfm import checkpoint, sharding
+from ecgfm import checkpoint, sharding, train_state
 from ecgfm.config import load_config
+from ecgfm.experiment import Experiment
 from ecgfm.export import export_encoder, load_encoder
-from ecgfm.objectives import make_objective
 from ecgfm.optim import make_optimizer
-from ecgfm.train import encoder_init, init_state, state_shardings, train_and_evaluate
+from ecgfm.train import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +85,20 @@ def test_encoder_refuses_non_finite_input(exported, bad):
 
 
 def _smoke(workdir, *overrides: str):
+    """The smoke config on the packed synthetic dataset the run in `workdir` built."""
+    (build,) = (workdir / "data" / "tfds" / "code").iterdir()
     return load_config(
         "experiments/configs/smoke.py",
-        ["train.eval_every=0", "data.synthetic_exams=32", f"data.path={workdir / 'data'}",
-         *overrides],
+        ["train.eval_every=0", f"data.path={workdir / 'data' / 'tfds'}",
+         f"data.build={build.name}", *overrides],
     )  # fmt: skip
+
+
+def _training(config, mesh) -> train_state.Training:
+    exp = Experiment.from_config(config)
+    tx, schedule = make_optimizer(exp.optim, exp.train.steps)
+    build = lambda rngs: exp.objective.build_model(exp.model, 6, rngs)  # noqa: E731
+    return train_state.compile_training(build, exp.objective, tx, schedule, mesh)
 
 
 def _pure(tree) -> dict:
@@ -100,16 +108,14 @@ def _pure(tree) -> dict:
 def test_init_from_takes_the_exported_encoder_on_the_run_mesh_and_keeps_a_fresh_head(exported):
     workdir, out = exported
     config = _smoke(workdir, f"init_from={out}")
-    objective = make_objective(config)
-    tx, _ = make_optimizer(config.optim, config.train.steps)
     mesh = sharding.make_mesh(data=4, fsdp=2)  # FSDP splits the kernels: not one device
-    _, _, shardings = state_shardings(config, objective, tx, 6, mesh)
-    init = functools.partial(init_state, config, objective, tx, 6)
+    training = _training(config, mesh)
+    shardings = training.shardings
     with jax.set_mesh(mesh):
-        fresh = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
+        fresh = training.init(jax.random.key(config.seed))
         head = _pure(fresh["params"]["head"])
         scratch_encoder = _pure(fresh["params"]["encoder"])
-        state = encoder_init(fresh, pathlib.Path(config.init_from))
+        state = train_state.encoder_init(fresh, pathlib.Path(config.init_from))
 
     exported_model = load_encoder(out).module
     expected_params = _pure(nnx.to_pure_dict(nnx.state(exported_model, nnx.Param)))
@@ -135,11 +141,7 @@ def test_resume_continues_another_workdirs_run_at_its_step(exported, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [4]
 
-    objective = make_objective(config)
-    tx, _ = make_optimizer(config.optim, config.train.steps)
-    mesh = sharding.make_mesh()
-    _, abstract, shardings = state_shardings(config, objective, tx, 6, mesh)
-    target = checkpoint.abstract_like(abstract, shardings)
+    target = _training(config, sharding.make_mesh()).target
     source = checkpoint.restore_state(workdir / "checkpoints", target)
     resumed = checkpoint.restore_state(tmp_path / "checkpoints", target)
     assert int(source["step"]) == 3 and int(resumed["step"]) == 4

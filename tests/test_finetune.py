@@ -14,6 +14,7 @@ from ecgfm.data.record import EcgRecord
 from ecgfm.data.synthetic.ptbxl import write_ptbxl_dataset
 from ecgfm.export import export_encoder, load_encoder
 from ecgfm.metrics import macro_auroc
+from ecgfm.models import ModelSpec
 from ecgfm.train import train_and_evaluate
 from ecgfm.transfer import protocol
 from ecgfm.transfer.finetune import (
@@ -80,10 +81,8 @@ def _toy_task(invert_validation: bool = False) -> protocol.TaskData:
 def _method(exported, config, *, pretrained=True, invert_validation=False):
     encoder = load_encoder(exported)
     inputs = prepare_inputs(_toy_task(invert_validation), encoder.preprocessing)
-    spec = encoder.config
-    return FinetuneMethod(
-        inputs, spec["model"], spec["hparams"], config, exported if pretrained else None
-    )
+    model = ModelSpec.create(encoder.config["model"], encoder.config["hparams"])
+    return FinetuneMethod(inputs, model, config, exported if pretrained else None)
 
 
 def _exported_params(exported):
@@ -207,7 +206,8 @@ def test_mean_aggregation_averages_the_window_probabilities(exported):
     task.spec = protocol.ptbxl_task("superdiagnostic", RATE, protocol.Windowing(aggregation="mean"))
     encoder = load_encoder(exported)
     inputs = prepare_inputs(task, encoder.preprocessing)
-    method = FinetuneMethod(inputs, encoder.config["model"], encoder.config["hparams"], CONFIG)
+    model = ModelSpec.create(encoder.config["model"], encoder.config["hparams"])
+    method = FinetuneMethod(inputs, model, CONFIG)
     compiled = method._compile(CONFIG.total_steps(48))
     windows = inputs.test
     each_alone = EvalWindows(

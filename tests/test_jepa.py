@@ -10,10 +10,9 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
-from ssl_helpers import probe_auroc, synthetic_exams
+from ssl_helpers import fresh_state, objective_and_model, probe_auroc, synthetic_exams
 
-from ecgfm import sharding, train
-from ecgfm.objectives import make_objective
+from ecgfm import sharding, train_state
 from ecgfm.objectives.jepa import block_indices, context_indices
 
 MOMENTUM = 0.9
@@ -48,13 +47,12 @@ def test_target_blocks_are_lead_by_time_rectangles_and_context_avoids_them():
 
 
 def step_fn(config):
-    objective = make_objective(config)
+    objective, model = objective_and_model(config)
     tx = optax.adam(3e-3)
-    state = train.init_state(config, objective, tx, 0, jax.random.key(0))
-    graphdef = nnx.graphdef(objective.build_model(config, 0, nnx.Rngs(params=0)))
+    state, graphdef = fresh_state(objective, model, tx)
     step = jax.jit(
         functools.partial(
-            train.train_step, graphdef, objective=objective, tx=tx,
+            train_state.train_step, graphdef, objective=objective, tx=tx,
             schedule=optax.constant_schedule(3e-3), accum_steps=1,
         )
     )  # fmt: skip
@@ -118,9 +116,8 @@ def test_probe_beats_a_random_encoder(jepa_run):
 
 
 def test_loss_is_the_same_on_one_and_eight_devices():
-    config = tiny_config()
-    objective = make_objective(config)
-    graphdef, state = nnx.split(objective.build_model(config, 0, nnx.Rngs(params=0)))
+    objective, model = objective_and_model(tiny_config())
+    graphdef, state = nnx.split(objective.build_model(model, 0, nnx.Rngs(params=0)))
     signal, _ = synthetic_exams(16, seed=2)
 
     def loss_on(devices):
@@ -143,20 +140,17 @@ def test_loss_is_the_same_on_one_and_eight_devices():
 def test_with_accumulation_the_target_moves_once_per_optimizer_step_by_the_momentum():
     # Two micro-batches per optimizer step: the online weights stay put during the cycle, and
     # the target must end one EMA step with `MOMENTUM` closer to them, not two.
-    config = tiny_config()
-    config.optim = ConfigDict({"grad_accum_steps": 2})
-    objective = make_objective(config)
+    objective, model = objective_and_model(tiny_config(), accum_steps=2)
     tx = optax.MultiSteps(optax.adam(3e-3), every_k_schedule=2)
-    state = train.init_state(config, objective, tx, 0, jax.random.key(0))
+    state, graphdef = fresh_state(objective, model, tx)
     # Move the target away from the online encoder so that the momentum shows.
     state["model_state"]["target_encoder"] = jax.tree.map(
         lambda t: t + 0.5, state["model_state"]["target_encoder"]
     )
     before = {k: jax.tree.map(np.asarray, state[k]) for k in ("params", "model_state")}
-    graphdef = nnx.graphdef(objective.build_model(config, 0, nnx.Rngs(params=0)))
     step = jax.jit(
         functools.partial(
-            train.train_step, graphdef, objective=objective, tx=tx,
+            train_state.train_step, graphdef, objective=objective, tx=tx,
             schedule=optax.constant_schedule(3e-3), accum_steps=2,
         )
     )  # fmt: skip
@@ -181,10 +175,8 @@ def test_with_accumulation_the_target_moves_once_per_optimizer_step_by_the_momen
     assert any(jax.tree.leaves(moved))
 
 
-def test_make_objective_passes_the_accumulation_steps_and_defaults_to_one():
-    config = tiny_config()
-    assert make_objective(config).accum_steps == 1
-    config.optim = ConfigDict({"grad_accum_steps": 4})
-    objective = make_objective(config)
-    assert objective.accum_steps == 4
+def test_the_momentum_per_micro_batch_compounds_to_the_configured_one_per_update():
+    objective, _ = objective_and_model(tiny_config())
+    assert objective.micro_batch_momentum == pytest.approx(MOMENTUM)
+    objective, _ = objective_and_model(tiny_config(), accum_steps=4)
     assert objective.micro_batch_momentum**4 == pytest.approx(MOMENTUM)

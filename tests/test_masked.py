@@ -7,10 +7,16 @@ import optax
 import pytest
 from flax import nnx
 from ml_collections import ConfigDict
-from ssl_helpers import fit, loss_on_mesh, probe_auroc, synthetic_exams
+from ssl_helpers import (
+    fit,
+    fresh_state,
+    loss_on_mesh,
+    objective_and_model,
+    probe_auroc,
+    synthetic_exams,
+)
 
-from ecgfm import train
-from ecgfm.objectives import make_objective, masked
+from ecgfm.objectives import masked
 from ecgfm.objectives.masked import patchify, random_token_split
 
 
@@ -45,9 +51,10 @@ def test_every_exam_keeps_the_same_number_of_distinct_tokens():
 
 def test_masked_objective_needs_the_vit():
     config = tiny_config()
-    config.model.name = "ribeiro_resnet"
+    config.model = ConfigDict({"name": "ribeiro_resnet", "hparams": ConfigDict()})
+    objective, model = objective_and_model(config)
     with pytest.raises(ValueError, match="vit1d"):
-        make_objective(config).build_model(config, 0, nnx.Rngs(params=0))
+        objective.build_model(model, 0, nnx.Rngs(params=0))
 
 
 def test_loss_is_the_same_on_one_and_eight_devices():
@@ -73,9 +80,7 @@ def test_reconstruction_loss_decreases(mae_run):
 
 def test_probe_beats_a_random_encoder(mae_run):
     config, (_, state, graphdef) = mae_run
-    random_state = train.init_state(
-        config, make_objective(config), optax.adam(1e-3), 0, jax.random.key(0)
-    )
+    random_state, _ = fresh_state(*objective_and_model(config), optax.adam(1e-3))
     trained, random = probe_auroc(graphdef, state, 4), probe_auroc(graphdef, random_state, 4)
     assert trained > random + 0.02, (trained, random)
 
@@ -84,8 +89,8 @@ def test_probe_beats_a_random_encoder(mae_run):
 def test_loss_ignores_the_patches_the_encoder_sees(norm_targets, monkeypatch):
     # The targets at kept positions are NaN: a loss that read them would be NaN or change.
     config = tiny_config(norm_targets=norm_targets)
-    objective = make_objective(config)
-    model = objective.build_model(config, 0, nnx.Rngs(params=0))
+    objective, spec = objective_and_model(config)
+    model = objective.build_model(spec, 0, nnx.Rngs(params=0))
     signal = jnp.asarray(synthetic_exams(4, seed=5)[0])
     key = jax.random.key(3)
     loss = jax.jit(

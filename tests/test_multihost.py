@@ -57,11 +57,12 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     from ecgfm.train import train_and_evaluate
 
     single, multi, source = tmp_path / "single", tmp_path / "multi", tmp_path / "source"
-    data = f"data.path={tmp_path / 'data'}"
     train_and_evaluate(
-        load_config("experiments/configs/smoke.py", [*OVERRIDES, data, "train.steps=1"]), source
+        load_config("experiments/configs/smoke.py", [*OVERRIDES, "train.steps=1"]), source
     )
-    init_from = [data, f"init_from={export_encoder(source, tmp_path / 'export')}"]
+    (build,) = (source / "data" / "tfds" / "code").iterdir()  # the packed synthetic exams
+    data = [f"data.path={source / 'data' / 'tfds'}", f"data.build={build.name}"]
+    init_from = [*data, f"init_from={export_encoder(source, tmp_path / 'export')}"]
     _wait([_launch(single, 4, init_from)])
     address = f"127.0.0.1:{_free_port()}"
     _wait([

@@ -170,7 +170,7 @@ def test_inspect_notebook_shows_splits_and_a_training_batch(kernel_env, tmp_path
     assert _images(_cell_with(nb, "plot_12lead(record")) == 1
     assert _images(_cell_with(nb, "preprocessing.apply(record)")) == 1
     batch = _stdout(_cell_with(nb, "make_train_iterator("))
-    # 8 records of 10 s at 100 Hz, 12 leads; PTB-XL's five superdiagnostic classes.
-    assert "signal: (8, 1000, 12) float32" in batch
+    # 8 records of 10 s at 100 Hz, 12 leads, as stored int16 counts; five superdiagnostic classes.
+    assert "signal: (8, 1000, 12) int16" in batch and "signal_scale: (8,) float32" in batch
     assert "labels: (8, 5) float32" in batch
     assert "label_mask: (8, 5) float32" in batch

@@ -5,18 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from ml_collections import ConfigDict
 
 from ecgfm import models
-from ecgfm.optim import make_optimizer, make_schedule, weight_decay_mask
+from ecgfm.optim import OptimConfig, make_optimizer, make_schedule, weight_decay_mask
 
 
-def _optim(**overrides) -> ConfigDict:
+def _optim(**overrides) -> OptimConfig:
     base = dict(
         learning_rate=1e-2, schedule="warmup_cosine", warmup_steps=10, end_lr_fraction=0.1,
         b1=0.9, b2=0.999, weight_decay=0.1, clip_norm=0.0, grad_accum_steps=1,
     )  # fmt: skip
-    return ConfigDict(base | overrides)
+    return OptimConfig(**(base | overrides))
 
 
 def test_warmup_cosine_rises_linearly_then_decays_to_the_end_fraction():
@@ -38,7 +37,17 @@ def test_one_cycle_peaks_at_pct_start():
 
 def test_unknown_schedule_is_named():
     with pytest.raises(ValueError, match="linear"):
-        make_schedule(_optim(schedule="linear"), 10)
+        _optim(schedule="linear")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("learning_rate", -1.0), ("grad_accum_steps", 0), ("warmup_steps", -1), ("b2", 1.0),
+     ("weight_decay", -0.1), ("end_lr_fraction", 2.0)],
+)  # fmt: skip
+def test_impossible_settings_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"{field} is {value}"):
+        _optim(**{field: value})
 
 
 def test_decay_mask_spares_biases_and_norm_scales():

@@ -17,7 +17,7 @@ from ecgfm.data.pipeline import (
     make_train_iterator,
     steps_per_epoch,
 )
-from ecgfm.data.sources import InMemorySource, PatientPairSource, TfdsSource
+from ecgfm.data.sources import InMemorySource, PatientPairSource, TfdsSource, signal_mv
 from ecgfm.data.synthetic.code import write_code_dataset
 from ecgfm.data.tfds_builders import prepare_dataset
 
@@ -49,6 +49,8 @@ def take(iterator, steps):
 def test_train_batch_follows_the_contract():
     batch = next(make_train_iterator(make_source(), global_batch_size=8, seed=0, window=16))
     assert batch["signal"].shape == (8, 16, 12) and batch["signal"].dtype == np.float32
+    np.testing.assert_array_equal(batch["signal_scale"], np.ones(8, np.float32))
+    np.testing.assert_array_equal(batch["valid_range"], [[0, 16]] * 8)  # cropped: all real
     assert batch["labels"].shape == (8, 3) and batch["labels"].dtype == np.float32
     assert batch["label_mask"].shape == (8, 3) and np.all(batch["label_mask"] == 1)
     np.testing.assert_array_equal(batch["mask"], np.ones(8, np.float32))
@@ -180,8 +182,22 @@ def test_unequal_lengths_without_a_window_fail_with_a_clear_message():
     source = InMemorySource(
         [np.zeros((10, 12)), np.zeros((12, 12))], np.zeros((2, 1)), label_names=("x",)
     )
-    with pytest.raises(ValueError, match="pass `window`"):
+    with pytest.raises(ValueError, match="give a window"):
         next(make_train_iterator(source, global_batch_size=2, seed=0))
+
+
+def test_records_shorter_than_the_window_are_centred_and_their_real_samples_marked():
+    short = [np.full((6, 12), i + 1, np.float32) for i in range(2)] + [np.ones((9, 12))]
+    source = InMemorySource(short, np.zeros((3, 1)), label_names=("x",))
+    for make in (
+        lambda: make_train_iterator(source, global_batch_size=3, seed=0, window=10),
+        lambda: make_eval_iterator(source, global_batch_size=3, window=10),
+    ):
+        batch = next(make())
+        for row, (start, stop) in zip(batch["signal"], batch["valid_range"], strict=True):
+            length = stop - start
+            assert (start, length) in {(2, 6), (0, 9)}  # 4 zeros split 2 + 2; 1 zero at the end
+            assert np.all(row[start:stop] != 0) and not row[:start].any() and not row[stop:].any()
 
 
 def test_eval_iterator_pads_the_last_batch_and_masks_it():
@@ -280,33 +296,41 @@ def tfds_decoded(source, index):
     return counts_TC.astype(np.float32) * np.float32(example["signal_scale"]), example
 
 
-def test_built_elements_are_bit_identical_to_the_tfds_decoding(code_build):
+def test_built_elements_are_the_stored_counts_bit_for_bit(code_build):
     source = TfdsSource(code_build, "code", "train")
     indices = list(range(len(source)))[::-1]
     for index, element in zip(indices, source.__getitems__(indices), strict=True):
         want_TC, example = tfds_decoded(source, index)
         for got in (element, source[index]):
-            assert got["signal"].dtype == np.float32 and got["signal"].shape == want_TC.shape
-            assert got["signal"].tobytes() == want_TC.tobytes()
+            assert got["signal"].dtype == np.int16  # counts: scaled on the device, not here
+            np.testing.assert_array_equal(got["signal"], example["signal"])
+            assert got["signal_scale"] == example["signal_scale"]
+            assert signal_mv(got).tobytes() == want_TC.tobytes()
             np.testing.assert_array_equal(got["labels"], example["labels"]["code"])
             np.testing.assert_array_equal(got["label_mask"], example["label_mask"]["code"])
             assert got["record_id"] == example["record_id"].decode() == source.record_ids[index]
 
 
-def test_built_dataset_batches_hold_the_decoded_signals_centred_in_the_window(code_build):
+def test_built_dataset_batches_hold_the_stored_counts_centred_in_the_window(code_build):
     source = TfdsSource(code_build, "code", "train")
     window = 4096  # longer than every exam (7 s or 10 s at 400 Hz): no random offset
     batch = next(make_train_iterator(source, global_batch_size=8, seed=0, window=window))
+    assert batch["signal"].dtype == np.int16
     by_id = {r: i for i, r in enumerate(source.record_ids)}
-    for row_TC, record_id in zip(batch["signal"], batch["record_id"], strict=True):
-        want_TC, _ = tfds_decoded(source, by_id[record_id])
-        start = (window - len(want_TC)) // 2
-        expected_TC = np.zeros((window, 12), np.float32)
-        expected_TC[start : start + len(want_TC)] = want_TC
-        assert row_TC.tobytes() == expected_TC.tobytes()
+    for row_TC, scale, valid, record_id in zip(
+        batch["signal"], batch["signal_scale"], batch["valid_range"], batch["record_id"],
+        strict=True,
+    ):  # fmt: skip
+        counts_TC = source.example(by_id[record_id])["signal"]
+        start = (window - len(counts_TC)) // 2
+        expected_TC = np.zeros((window, 12), np.int16)
+        expected_TC[start : start + len(counts_TC)] = counts_TC
+        np.testing.assert_array_equal(row_TC, expected_TC)
+        assert tuple(valid) == (start, start + len(counts_TC))
+        assert scale == source[by_id[record_id]]["signal_scale"]
     (evaluated,) = list(make_eval_iterator(source, global_batch_size=16, window=2000))
     for row_TC, index in zip(evaluated["signal"][: len(source)], range(len(source)), strict=True):
-        want_TC, _ = tfds_decoded(source, index)
-        start = (len(want_TC) - 2000) // 2
-        assert row_TC.tobytes() == want_TC[start : start + 2000].tobytes()
+        counts_TC = source.example(index)["signal"]
+        start = (len(counts_TC) - 2000) // 2
+        np.testing.assert_array_equal(row_TC, counts_TC[start : start + 2000])
     np.testing.assert_array_equal(evaluated["mask"], [1] * len(source) + [0] * (16 - len(source)))

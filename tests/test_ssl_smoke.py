@@ -9,7 +9,7 @@ from flax import nnx
 
 from ecgfm import train
 from ecgfm.config import load_config
-from ecgfm.objectives import make_objective
+from ecgfm.experiment import Experiment
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs"
 SSL = ("simclr", "clocs", "mae", "jepa")
@@ -17,9 +17,8 @@ SSL = ("simclr", "clocs", "mae", "jepa")
 
 @pytest.mark.parametrize("name", [f"code2_{n}" for n in SSL] + [f"smoke_{n}" for n in SSL])
 def test_config_builds_its_model_without_labels(name):
-    config = load_config(CONFIGS / f"{name}.py")
-    objective = make_objective(config)
-    model = nnx.eval_shape(lambda: objective.build_model(config, 66, nnx.Rngs(params=0)))
+    exp = Experiment.from_config(load_config(CONFIGS / f"{name}.py", ["data.path=/data"]))
+    model = nnx.eval_shape(lambda: exp.objective.build_model(exp.model, 66, nnx.Rngs(params=0)))
     assert hasattr(model, "encoder")
     params = nnx.state(model, nnx.Param)
     assert "head" not in params  # nothing label-shaped is trained in pretraining
@@ -46,8 +45,11 @@ def test_smoke_run_logs_a_finite_loss_and_health_metrics(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["smoke_simclr", "smoke_clocs", "code2_simclr", "code2_clocs"])
-def test_augmentation_sampling_rate_follows_the_data(name):
-    config = load_config(CONFIGS / f"{name}.py")
-    assert config.objective.sampling_rate == config.data.preprocessing.sampling_rate
-    changed = load_config(CONFIGS / f"{name}.py", ["data.preprocessing.sampling_rate=500.0"])
-    assert changed.objective.sampling_rate == 500.0
+def test_augmentation_sampling_rate_is_the_datas(name):
+    overrides = ["data.path=/data", "optim.grad_accum_steps=2"]
+    exp = Experiment.from_config(load_config(CONFIGS / f"{name}.py", overrides))
+    assert exp.objective.context.sampling_rate == exp.data.preprocessing.sampling_rate == 400.0
+    assert exp.objective.context.accum_steps == 2
+    rate = "data.preprocessing.sampling_rate=500"
+    changed = load_config(CONFIGS / f"{name}.py", [*overrides, rate])
+    assert Experiment.from_config(changed).objective.context.sampling_rate == 500.0

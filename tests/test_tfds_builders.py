@@ -14,7 +14,7 @@ from ecgfm.data.pipeline import make_eval_iterator, make_train_iterator
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.ptbxl import TASKS, PtbXl
 from ecgfm.data.record import EcgFormatError
-from ecgfm.data.sources import TfdsSource
+from ecgfm.data.sources import TfdsSource, signal_mv
 from ecgfm.data.splits import load_split_json
 from ecgfm.data.synthetic.code import write_code_dataset
 from ecgfm.data.synthetic.cpsc2018 import write_cpsc2018_dataset
@@ -24,8 +24,13 @@ from ecgfm.data.tfds_builders.base import quantize, round_trip_tolerance
 
 
 def read_split(data_dir, name, split, **kwargs):
+    """The split's source and its elements, signals decoded to values (counts · scale)."""
     source = TfdsSource(data_dir, name, split, **kwargs)
-    return source, [source[i] for i in range(len(source))]
+    return source, [decoded(source[i]) for i in range(len(source))]
+
+
+def decoded(element):
+    return {**element, "signal": signal_mv(element)}
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,8 @@ def test_describe_reports_counts_and_label_frequencies(code_build):
         count = sum(int(e["labels"][k]) for e in elements)
         assert train["label_counts"]["code"][name] == count
         assert train["label_frequency"]["code"][name] == pytest.approx(count / len(elements))
-    assert summary["preprocessing"] is None
+    # Built without a spec: recorded as the files' own rate, every lead, no filter, any length.
+    assert summary["preprocessing"] == Preprocessing(sampling_rate=400.0).to_dict()
 
 
 def test_built_dataset_feeds_the_train_and_eval_pipelines(code_build):
@@ -204,7 +210,7 @@ def test_ptbxl_build_has_six_tasks_folds_and_patients(tmp_path):
     for split in summary["splits"]:
         source = TfdsSource(tmp_path / "data", "ptbxl", split, task="diagnostic")
         for i in range(len(source)):
-            example, element = source.example(i), source[i]
+            example, element = source.example(i), decoded(source[i])
             record = reader.read(int(element["record_id"]))
             assert int(example["strat_fold"]) in fold_of[split]
             np.testing.assert_allclose(element["signal"], record.signal, atol=1e-6)

@@ -1,6 +1,5 @@
 """The training core: the objective's loss, macro AUROC, the sharded step, the smoke run."""
 
-import functools
 import json
 import time
 
@@ -9,34 +8,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import sklearn.metrics
-from ml_collections import ConfigDict
 
-from ecgfm import sharding
+from ecgfm import sharding, train_state
 from ecgfm.config import load_config
-from ecgfm.objectives import make_objective
-from ecgfm.objectives.supervised import masked_bce, masked_macro_auroc
-from ecgfm.optim import make_optimizer
-from ecgfm.train import init_state, jit_train_step, state_shardings
+from ecgfm.experiment import Experiment
+from ecgfm.models import ModelSpec
+from ecgfm.objectives.supervised import SupervisedObjective, masked_bce, masked_macro_auroc
+from ecgfm.optim import OptimConfig, make_optimizer
 
 NUM_CLASSES, LENGTH = 3, 256
-
-
-def _config() -> ConfigDict:
-    return ConfigDict(
-        {
-            "model": {
-                "name": "ribeiro_resnet",
-                "hparams": {"widths": (8, 8, 16), "kernel_size": 5, "dropout": 0.2,
-                            "input_length": LENGTH},
-            },
-            "objective": {"name": "supervised", "pos_weight": None},
-            "optim": {
-                "learning_rate": 1e-2, "schedule": "warmup_cosine", "warmup_steps": 2,
-                "end_lr_fraction": 0.1, "b1": 0.9, "b2": 0.999, "weight_decay": 1e-4,
-                "clip_norm": 1.0, "grad_accum_steps": 1,
-            },
-        }
-    )  # fmt: skip
+MODEL = ModelSpec.create(
+    "ribeiro_resnet", {"widths": (8, 8, 16), "kernel_size": 5, "dropout": 0.2,
+                       "input_length": LENGTH}
+)  # fmt: skip
+OPTIM = OptimConfig(learning_rate=1e-2, warmup_steps=2, end_lr_fraction=0.1)
 
 
 def _batches(num: int, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
@@ -53,21 +38,18 @@ def _batches(num: int, batch_size: int = 8) -> list[dict[str, np.ndarray]]:
 
 
 def _losses(devices: list, batches: list[dict]) -> tuple[list[dict], dict]:
-    num_steps = len(batches)
-    config = _config()
     mesh = sharding.make_mesh(devices=devices)
-    objective = make_objective(config)
-    tx, schedule = make_optimizer(config.optim, num_steps)
-    graphdef, _, shardings = state_shardings(config, objective, tx, NUM_CLASSES, mesh)
-    init = functools.partial(init_state, config, objective, tx, NUM_CLASSES)
+    tx, schedule = make_optimizer(OPTIM, len(batches))
+    training = train_state.compile_training(
+        lambda rngs: MODEL.build_classifier(NUM_CLASSES, rngs), SupervisedObjective(), tx,
+        schedule, mesh,
+    )  # fmt: skip
     with jax.set_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+        state = training.init(jax.random.key(0))
         params0 = jax.tree.map(np.asarray, state["params"])
-        step_fn = jit_train_step(graphdef, shardings, mesh, objective, tx, schedule, 1)
         history = []
         for batch in batches:
-            batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-            state, metrics = step_fn(state, batch)
+            state, metrics = training.step(state, training.global_batch(batch))
             history.append({k: float(v) for k, v in metrics.items()})
     return history, {"params0": params0, "state": state}
 
@@ -139,7 +121,7 @@ def test_smoke_config_trains_evaluates_and_writes_its_workdir(tmp_path):
             "train.steps=6",
             "train.eval_every=3",
             "train.checkpoint_every=3",
-            "data.synthetic_exams=48",
+            "data.synthetic_exams=64",
         ],
     )
     started = time.perf_counter()
@@ -176,11 +158,14 @@ def test_smoke_config_trains_evaluates_and_writes_its_workdir(tmp_path):
 
 
 def test_jepa_ema_target_is_sharded_like_the_parameters_it_tracks():
-    config = load_config("experiments/configs/smoke_jepa.py")
-    objective = make_objective(config)
-    tx, _ = make_optimizer(config.optim, 10)
+    exp = Experiment.from_config(load_config("experiments/configs/smoke_jepa.py"))
+    tx, schedule = make_optimizer(exp.optim, 10)
     mesh = sharding.make_mesh(data=2, fsdp=4)
-    _, abstract, shardings = state_shardings(config, objective, tx, 6, mesh)
+    training = train_state.compile_training(
+        lambda rngs: exp.objective.build_model(exp.model, 6, rngs), exp.objective, tx, schedule,
+        mesh,
+    )  # fmt: skip
+    shardings, abstract = training.shardings, training.target
     params = shardings["params"]["encoder"]
     target = shardings["model_state"]["target_encoder"]
     assert jax.tree.structure(params) == jax.tree.structure(target)
@@ -190,3 +175,29 @@ def test_jepa_ema_target_is_sharded_like_the_parameters_it_tracks():
     # FSDP really splits the EMA copy (it is as large as the encoder), not only the parameters.
     kernel = target["patch_embed"]["kernel"]
     assert "fsdp" in kernel.spec and abstract["model_state"]["target_encoder"]
+
+
+@pytest.mark.slow
+def test_a_diverging_step_is_never_saved_and_the_rerun_resumes_from_the_last_finite_one(tmp_path):
+    from ecgfm.train import NonFiniteError, train_and_evaluate
+
+    sane = ["data.synthetic_exams=64", "train.eval_every=0", "train.checkpoint_every=1",
+            "train.keep_checkpoints=5"]  # fmt: skip
+    train_and_evaluate(load_config("experiments/configs/smoke.py", [*sane, "train.steps=3"]),
+                       tmp_path)  # fmt: skip
+    # A learning rate that overflows the weights on the next update.
+    diverging = [*sane, "train.steps=6", "optim.learning_rate=1e30", "optim.schedule=constant"]
+    with pytest.raises(NonFiniteError, match=r"at step 4; stopping without saving it\. The batch "
+                       r"held records \d+, .* newest checkpoint \(step 3\)"):  # fmt: skip
+        train_and_evaluate(load_config("experiments/configs/smoke.py", diverging), tmp_path)
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == [1, 2, 3]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert (
+        max(json.loads(line)["step"] for line in lines) == 3
+    )  # nothing of the diverged step was logged either
+    resumed = load_config("experiments/configs/smoke.py", [*sane, "train.steps=5"])
+    final = train_and_evaluate(resumed, tmp_path)
+    assert np.isfinite(final["loss"])
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5]

@@ -1,23 +1,32 @@
 """grain input pipelines: shuffled, sharded, resumable training batches and padded eval batches.
 
 Batch contract (what the trainer codes against), host-local numpy arrays, b = global batch
-size // process count::
+size // process count, W the window (samples)::
 
-    signal      [b, T, C] float32   prepared as the source's `preprocessing` says
-    labels      [b, K]    float32   in {0, 1}
-    label_mask  [b, K]    float32   1 = label known
-    mask        [b]       float32   1 = real example, 0 = padding (all ones in training)
-    record_id   [b]       str       numpy unicode; drop it before `jax.jit`
+    signal        [b, W, C] int16 counts (built datasets) or float32 values
+    signal_scale  [b]       float32   value = signal · signal_scale (`decode_signals` on device)
+    valid_range   [b, 2]    int32     [start, stop) of the real samples; the rest is zero padding
+    labels        [b, K]    float32   in {0, 1}
+    label_mask    [b, K]    float32   1 = label known
+    mask          [b]       float32   1 = real example, 0 = padding (all ones in training)
+    record_id     [b]       str       numpy unicode; drop it before `jax.jit` (`device_fields`)
 
-Pair sources (`PatientPairSource`) add `signal_b` (and `record_id_b`).
+Pair sources (`PatientPairSource`) add `signal_b`, `signal_b_scale` (and `record_id_b`).
+Records become windows by one rule (`ecgfm.data.windows.placement`): training crops at a drawn
+position, evaluation in the middle; shorter records are centred in zeros.
 
 Training order: one endless stream, epoch e being a permutation of the whole source drawn
 from (seed, e); global batch s is stream positions [s·B, (s+1)·B), and process p of P reads
 rows [p·b, (p+1)·b) of it. So processes read disjoint shards whose union is the epoch, and
-the global batch (each row's record, crop and dropout key) is the same whatever P is. The crop
-and augmentation of an example draw from a generator seeded by (seed, epoch, record index),
-so they do not depend on the process count, the worker count or where a run was resumed.
-The iterator's `get_state()` / `set_state()` resume exactly, also in a new process.
+the global batch (each row's record and crop) is the same whatever P is: crop positions are
+drawn for the whole global batch from (seed, s). A host augmentation draws from a generator
+seeded by (seed, epoch, record index). Nothing depends on the process count, the worker count
+or where a run was resumed; the iterator's `get_state()` / `set_state()` resume exactly, also
+in a new process.
+
+The host does little per exam: one batched read of the stored bytes, one copy of each
+window's int16 counts into the batch (in shared memory when worker processes prepare
+batches, so no copy crosses processes).
 """
 
 from __future__ import annotations
@@ -30,87 +39,95 @@ import grain
 import jax
 import numpy as np
 
-from ecgfm.data.preprocessing import center_crop_or_pad, valid_range
-from ecgfm.data.sources import Element, ScaledCounts, Source
+from ecgfm.data import windows
+from ecgfm.data.sources import Element, Source, signal_mv
 
 STRING_KEYS = ("record_id", "record_id_b", "patient_id")
+SIGNAL_KEYS = ("signal", "signal_b")
 # Read-ahead per process: batches in flight and the threads preparing them (numpy and
-# array_record release the GIL while copying and decompressing).
+# array_record release the GIL while copying and reading).
 PREFETCH_BATCHES = 4
 PREFETCH_THREADS = 2
 
 
 class Augment(Protocol):
-    """A picklable transform of one training element, given that element's own generator."""
+    """A picklable transform of one decoded training element, given its own generator."""
 
     def __call__(self, element: Element, rng: np.random.Generator) -> Element: ...
 
 
-def random_crop(signal_TC: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
-    """`[T, C]` → `[window, C]` starting at a uniform offset; shorter signals are centred in 0s."""
-    num_samples = signal_TC.shape[0]
-    if num_samples <= window:
-        return center_crop_or_pad(signal_TC, window)
-    start = int(rng.integers(num_samples - window + 1))
-    return signal_TC[start : start + window]
+def device_fields(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch without its string fields (record ids), which cannot go to devices."""
+    return {k: v for k, v in batch.items() if k not in STRING_KEYS}
 
 
-def _signal_keys(element: Element) -> list[str]:
-    return [k for k in element if k == "signal" or k.startswith("signal_")]
+def _new_array(shape: tuple[int, ...], dtype: Any, shared: bool) -> np.ndarray:
+    """A zero-filled array (new shared memory is zero-filled too)."""
+    if shared:  # grain passes it to the consuming process by name, without pickling the bytes
+        return grain.multiprocessing.SharedMemoryArray(shape, dtype=dtype)
+    return np.zeros(shape, dtype)
 
 
-def stack_elements(
-    elements: Sequence[Element], *, window: int | None = None
+def assemble_batch(
+    elements: Sequence[Element],
+    window: int | None,
+    positions: Sequence[float | None] | None = None,
+    *,
+    shared_memory: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Stacks elements into a batch; signals of unequal length raise, naming the fix.
+    """Elements → one batch; each signal placed in `window` samples at its row's position.
 
-    With `window`, signals of at most `window` samples are centred in zeros as they are copied
-    into the batch (as `center_crop_or_pad` would, without a copy per element).
+    With `window` None every signal must have the same length (no padding). Signals keep
+    their dtype (int16 counts stay int16) and are copied once, into the batch.
     """
+    positions = positions if positions is not None else [None] * len(elements)
     batch: dict[str, np.ndarray] = {}
     for key in elements[0]:
         values = [e[key] for e in elements]
         if key in STRING_KEYS:
             batch[key] = np.asarray(values, dtype=np.str_)
-            continue
-        if window is not None and (key == "signal" or key.startswith("signal_")):
-            batch[key] = _pad_into_batch(values, window)
-            continue
-        shapes = {np.shape(v) for v in values}
-        if len(shapes) > 1:
-            raise ValueError(
-                f"cannot batch {key!r} of shapes {sorted(shapes)}: pass `window` (samples) "
-                "or use a preprocessing spec with a fixed num_samples"
-            )
-        batch[key] = np.stack(values, dtype=np.float32)
+        elif key in SIGNAL_KEYS:
+            batch[key], valid = _place_signals(values, window, positions, key, shared_memory)
+            if key == "signal":
+                batch["valid_range"] = valid
+        else:
+            batch[key] = np.asarray(values, dtype=np.float32)
     return batch
 
 
-def _pad_into_batch(signals: Sequence[np.ndarray], window: int) -> np.ndarray:
-    """`[T_i, C]` signals with T_i <= window → `[B, window, C]` float32, each centred in zeros."""
+def _place_signals(
+    signals: Sequence[np.ndarray],
+    window: int | None,
+    positions: Sequence[float | None],
+    key: str,
+    shared_memory: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     lengths = {len(s) for s in signals}
-    if max(lengths) > window:
-        raise ValueError(f"cannot batch signals of {max(lengths)} samples into window {window}")
-    out_BTC = np.zeros((len(signals), window, *signals[0].shape[1:]), np.float32)
-    for row_TC, signal_TC in zip(out_BTC, signals, strict=True):
-        start, stop = valid_range(len(signal_TC), window)
-        if isinstance(signal_TC, ScaledCounts):
-            signal_TC.decode_into(row_TC[start:stop])
-        else:
-            row_TC[start:stop] = signal_TC
-    return out_BTC
+    if window is None:
+        if len(lengths) > 1:
+            raise ValueError(
+                f"cannot batch {key!r} of lengths {sorted(lengths)}: give a window (samples), "
+                "e.g. data.preprocessing.num_samples"
+            )
+        window = lengths.pop()
+    dtypes = {s.dtype for s in signals}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
+    out_BWC = _new_array((len(signals), window, signals[0].shape[1]), dtype, shared_memory)
+    valid_B2 = np.zeros((len(signals), 2), np.int32)
+    for row, (signal_TC, position) in enumerate(zip(signals, positions, strict=True)):
+        where = windows.placement(len(signal_TC), window, position)
+        out_BWC[row, where.window_start : where.window_start + where.length] = signal_TC[
+            where.source_start : where.source_start + where.length
+        ]
+        valid_B2[row] = where.valid
+    return out_BWC, valid_B2
 
 
-def _read(source: Source, indices: Sequence[int], undecoded: bool = False) -> list[Element]:
-    """Elements of `indices`, in one batched read where the source offers `__getitems__`.
-
-    `undecoded` lets signals stay `ScaledCounts` where the source can (decoded when stacked).
-    """
-    getitems = getattr(source, "getitems_undecoded" if undecoded else "__getitems__", None)
-    if getitems is None:
-        getitems = getattr(source, "__getitems__", None)
+def _read(source: Source, indices: Sequence[int]) -> list[Element]:
+    """Elements of `indices`, in one batched read where the source offers `__getitems__`."""
+    getitems = getattr(source, "__getitems__", None)
     if getitems is not None:
-        return [dict(e) for e in getitems(indices)]
+        return [dict(e) for e in getitems(list(indices))]
     return [dict(source[i]) for i in indices]
 
 
@@ -129,11 +146,20 @@ def _resolve_processes(
     return process_index, process_count, global_batch_size // process_count
 
 
+def _decoded(element: Element) -> Element:
+    """The element with float32 signals (scale 1), for host-side augmentation."""
+    for key in SIGNAL_KEYS:
+        if key in element:
+            element[key] = signal_mv(element, key)
+            element[f"{key}_scale"] = np.float32(1.0)
+    return element
+
+
 class _TrainBatch:
     """Batch number of one process → its batch of the shuffled, sharded epochs.
 
     Whole batches (not elements) are the grain elements, so a batch is one batched source read
-    and one copy of each signal into the batch array.
+    and one copy of each window into the batch array.
     """
 
     def __init__(
@@ -145,6 +171,7 @@ class _TrainBatch:
         batch_size: int,
         window: int | None,
         augment: Augment | None,
+        shared_memory: bool,
     ):
         self.source = source
         self.seed = seed
@@ -153,6 +180,7 @@ class _TrainBatch:
         self.batch_size = batch_size
         self.window = window
         self.augment = augment
+        self.shared_memory = shared_memory
         self._orders: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -181,30 +209,35 @@ class _TrainBatch:
         epoch, k = divmod(stream, len(self.source))
         return epoch, int(self._order(epoch)[k])
 
+    def _positions(self, step: int) -> np.ndarray:
+        """Crop positions in [0, 1) of this process's rows, drawn for the global batch."""
+        global_positions = np.random.default_rng([self.seed, step, 1]).random(
+            self.batch_size * self.process_count
+        )
+        first = self.process_index * self.batch_size
+        return global_positions[first : first + self.batch_size]
+
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = step * self.batch_size
         where = [self.record_index(p) for p in range(first, first + self.batch_size)]
-        # Without an augmentation, signals may stay int16 counts until copied into the batch.
-        undecoded = self.window is not None and self.augment is None
-        elements = _read(self.source, [index for _, index in where], undecoded)
-        for row, (epoch, index) in enumerate(where):
-            element = elements[row]
-            if self.window is not None or self.augment is not None:
-                rng = np.random.default_rng([self.seed, epoch, index])
-                element = self._crop_and_augment(element, rng)
+        elements = _read(self.source, [index for _, index in where])
+        if self.augment is not None:
+            elements = [self._augmented(e, epoch, index) for e, (epoch, index) in zip(
+                elements, where, strict=True)]  # fmt: skip
+        for element in elements:
             element["mask"] = np.float32(1.0)
-            elements[row] = element
-        return stack_elements(elements, window=self.window)
+        return assemble_batch(
+            elements, self.window, self._positions(step).tolist(), shared_memory=self.shared_memory
+        )
 
-    def _crop_and_augment(self, element: Element, rng: np.random.Generator) -> Element:
-        if self.window is not None:
-            for key in _signal_keys(element):
-                if len(element[key]) > self.window:
-                    element[key] = random_crop(element[key], self.window, rng)
-                elif self.augment is not None:
-                    # The augmentation sees the padded window; otherwise stacking pads.
-                    element[key] = center_crop_or_pad(element[key], self.window)
-        return element if self.augment is None else dict(self.augment(element, rng))
+    def _augmented(self, element: Element, epoch: int, index: int) -> Element:
+        rng = np.random.default_rng([self.seed, epoch, index])
+        element = _decoded(element)
+        if self.window is not None:  # the augmentation sees one window of the record
+            for key in SIGNAL_KEYS:
+                if key in element:
+                    element[key] = windows.fit(element[key], self.window, rng.random())
+        return dict(self.augment(element, rng))
 
 
 def _iterate(dataset: grain.MapDataset, worker_count: int) -> grain.DatasetIterator:
@@ -235,22 +268,34 @@ def make_train_iterator(
 
     Each process yields its host-local `global_batch_size // process_count` rows; batches run
     across epoch boundaries. `worker_count > 0` prepares batches in spawned worker processes
-    (the source and `augment` must pickle; absl flags must be parsed, see shared/STACK.md).
+    (the source and `augment` must pickle; absl flags must be parsed first:
+    `absl.flags.FLAGS.mark_as_parsed()`, or grain 0.2's workers crash reading one).
     """
     process_index, process_count, local_batch = _resolve_processes(
         global_batch_size, process_index, process_count
     )
-    transform = _TrainBatch(
-        source, seed, process_index, process_count, local_batch, window, augment
-    )
     if len(source) == 0:
         raise ValueError("the source has no records")
+    transform = _TrainBatch(
+        source, seed, process_index, process_count, local_batch, window, augment, worker_count > 0
+    )
     num_batches = (
         sys.maxsize // local_batch
         if num_epochs is None
         else num_epochs * len(source) // global_batch_size
     )
     return _iterate(grain.MapDataset.range(num_batches).map(transform), worker_count)
+
+
+def padded_rows(num_records: int, first: int, size: int) -> tuple[list[int], np.ndarray]:
+    """Rows [first, first + size) of a padded evaluation pass over `num_records` records.
+
+    (the record index of each row, `mask [size]` float32): rows past the end repeat record 0
+    (shape-correct) with mask 0, so every batch has the same shape and compiles once.
+    """
+    rows = np.arange(first, first + size)
+    mask = (rows < num_records).astype(np.float32)
+    return np.where(rows < num_records, rows, 0).tolist(), mask
 
 
 class _EvalBatch:
@@ -272,29 +317,17 @@ class _EvalBatch:
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         first = step * self.global_batch + self.process_index * self.local_batch
-        indices = range(first, first + self.local_batch)
-        real = [index < len(self.source) for index in indices]
-        # Padding repeats record 0 (shape-correct) with its labels and mask zeroed.
-        elements = _read(
-            self.source,
-            [index if ok else 0 for index, ok in zip(indices, real, strict=True)],
-            undecoded=self.window is not None,
-        )
-        for element, ok in zip(elements, real, strict=True):
-            if self.window is not None:
-                for key in _signal_keys(element):
-                    # The middle window, as `center_crop_or_pad` cuts it; shorter ones are
-                    # centred in zeros when stacked.
-                    start = max(len(element[key]) - self.window, 0) // 2
-                    element[key] = element[key][start : start + self.window]
-            element["mask"] = np.float32(ok)
-            if not ok:
+        indices, mask = padded_rows(len(self.source), first, self.local_batch)
+        elements = _read(self.source, indices)
+        for element, real in zip(elements, mask, strict=True):
+            element["mask"] = real
+            if not real:  # padding: labels unknown, ids empty
                 element["labels"] = np.zeros_like(element["labels"])
                 element["label_mask"] = np.zeros_like(element["label_mask"])
                 for key in STRING_KEYS:
                     if key in element:
                         element[key] = ""
-        return stack_elements(elements, window=self.window)
+        return assemble_batch(elements, self.window)
 
 
 def make_eval_iterator(
@@ -309,7 +342,8 @@ def make_eval_iterator(
     """Every record exactly once, in source order; the last batch is padded with `mask` 0.
 
     Global batch s holds records [s·G, (s+1)·G); process p gets rows [p·b, (p+1)·b) of it, so
-    every process yields ceil(N / G) batches. Signals longer than `window` are centre-cropped.
+    every process yields ceil(N / G) batches. Records longer than `window` are cut in the
+    middle, shorter ones centred in zeros (`valid_range` says where).
     """
     process_index, process_count, local_batch = _resolve_processes(
         global_batch_size, process_index, process_count
@@ -322,3 +356,14 @@ def make_eval_iterator(
 def steps_per_epoch(num_records: int, global_batch_size: int, process_count: int = 1) -> int:
     """Training batches per epoch of `make_train_iterator` (batches may straddle two epochs)."""
     return (num_records // process_count) // (global_batch_size // process_count)
+
+
+def pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """`array` with zero rows appended up to `rows`: evaluation batches keep one shape, so they
+    compile once, and a mask (or the row count) says which rows are real."""
+    missing = rows - len(array)
+    if missing < 0:
+        raise ValueError(f"{len(array)} rows do not fit in {rows}")
+    if missing == 0:
+        return array
+    return np.concatenate([array, np.zeros((missing, *array.shape[1:]), array.dtype)])

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.signal
 
+from ecgfm.data import windows
 from ecgfm.data.record import LEADS, EcgRecord
 
 Normalization = Literal["none", "per_lead_standardize"]
@@ -140,26 +141,15 @@ def bandpass(
 
 def valid_range(num_samples: int, length: int) -> tuple[int, int]:
     """[start, stop) of the real samples in `center_crop_or_pad(signal of num_samples, length)`."""
-    start = max(length - num_samples, 0) // 2
-    return start, start + min(num_samples, length)
+    return windows.placement(num_samples, length).valid
 
 
 def center_crop_or_pad(signal_TC: np.ndarray, length: int) -> np.ndarray:
-    """`[T, C]` → `[length, C]`: the middle `length` samples, or the signal centred in zeros.
-
-    Where T and `length` differ by an odd number, the extra sample is cut from, or the extra
-    zero added at, the end: 4000 samples padded to 4096 get 48 zeros on each side.
-    """
+    """`[T, C]` → `[length, C]` float32: the middle `length` samples, or the signal centred in
+    zeros (`ecgfm.data.windows.placement`)."""
     if length <= 0:
         raise ValueError(f"length must be positive, got {length}")
-    signal_TC = np.asarray(signal_TC)
-    num_samples = signal_TC.shape[0]
-    crop_start = max(num_samples - length, 0) // 2
-    kept_TC = signal_TC[crop_start : crop_start + length]
-    out_TC = np.zeros((length, *signal_TC.shape[1:]), dtype=np.float32)
-    start, stop = valid_range(num_samples, length)
-    out_TC[start:stop] = kept_TC
-    return out_TC
+    return windows.fit(np.asarray(signal_TC, np.float32), length)
 
 
 def standardize(signal_TC: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -3,8 +3,13 @@
 Every source is a picklable sequence (grain worker processes are spawned and receive a copy)
 whose `source[i]` is one element::
 
-    {"signal": [T, C] float32, "labels": [K] float32 in {0, 1}, "label_mask": [K] float32
-     (1 = label known), "record_id": str, "patient_id": str ("" where unknown)}
+    {"signal": [T, C] int16 counts or float32 values, "signal_scale": float32 (value = signal ·
+     signal_scale; mV or the spec's units), "labels": [K] float32 in {0, 1}, "label_mask": [K]
+     float32 (1 = label known), "record_id": str, "patient_id": str ("" where unknown)}
+
+Built datasets hand out their stored int16 counts: the batch stays int16 on the host and is
+scaled inside the jitted step (`ecgfm.train_state.decode_signals`), half the bytes of float32
+and no float batch assembled on the host. `signal_mv(element)` gives float32 values.
 
 and which exposes `label_names` (the K names), `preprocessing` (the `Preprocessing` its signals
 went through, or None for raw millivolts), `record_ids` and `patient_ids` (per index, None where
@@ -60,6 +65,11 @@ def multi_hot(labels: Sequence[str], label_names: Sequence[str]) -> np.ndarray:
     return out_K
 
 
+def signal_mv(element: Element, key: str = "signal") -> np.ndarray:
+    """The element's `[T, C]` signal as float32 values (counts · scale)."""
+    return np.multiply(element[key], element[f"{key}_scale"], dtype=np.float32)
+
+
 def element_from_record(
     record: EcgRecord, label_names: Sequence[str], preprocessing: Preprocessing | None = None
 ) -> Element:
@@ -67,6 +77,7 @@ def element_from_record(
     signal_TC = record.signal if preprocessing is None else preprocessing.apply(record)
     return {
         "signal": np.asarray(signal_TC, np.float32),
+        "signal_scale": np.float32(1.0),
         "labels": multi_hot(record.labels, label_names),
         "label_mask": np.ones(len(label_names), np.float32),
         "record_id": record.record_id,
@@ -78,7 +89,7 @@ class InMemorySource:
     """Elements held in memory: for tests, small datasets and records read once.
 
     Signals are taken as already prepared; `preprocessing` only says how (it is reported, not
-    applied). Use `from_records` to prepare `EcgRecord`s.
+    applied).
     """
 
     def __init__(
@@ -110,25 +121,6 @@ class InMemorySource:
         self._patient_ids = None if patient_ids is None else tuple(str(p) for p in patient_ids)
         self.preprocessing = preprocessing
 
-    @classmethod
-    def from_records(
-        cls,
-        records: Sequence[EcgRecord],
-        label_names: Sequence[str],
-        preprocessing: Preprocessing | None = None,
-    ) -> InMemorySource:
-        """Prepares each record's signal with `preprocessing`; labels by name."""
-        elements = [element_from_record(r, label_names, preprocessing) for r in records]
-        patients = [r.patient_id for r in records]
-        return cls(
-            [e["signal"] for e in elements],
-            np.stack([e["labels"] for e in elements]) if elements else np.zeros((0, 0)),
-            label_names=label_names,
-            record_ids=[r.record_id for r in records],
-            patient_ids=None if all(p is None for p in patients) else [p or "" for p in patients],
-            preprocessing=preprocessing,
-        )
-
     def __len__(self) -> int:
         return len(self._signals)
 
@@ -136,6 +128,7 @@ class InMemorySource:
         index = int(index)
         return {
             "signal": self._signals[index],
+            "signal_scale": np.float32(1.0),
             "labels": self._labels_NK[index],
             "label_mask": self._label_mask_NK[index],
             "record_id": self._record_ids[index],
@@ -242,43 +235,6 @@ def _example_proto():
     return tf_example_pb2.Example
 
 
-def decode_signal(signal_TC: np.ndarray, scale: float) -> np.ndarray:
-    """Stored int16 counts → float32 values (`counts · scale`, mV or the spec's units)."""
-    # One pass: int16 → float32 is exact, then a float32 product (no float64 intermediate).
-    return np.multiply(signal_TC, np.float32(scale), dtype=np.float32)
-
-
-class ScaledCounts:
-    """A stored signal not yet decoded: `[T, C]` int16 counts and their scale.
-
-    Slicing slices the counts; `decode_into` writes `decode_signal`'s values into a float32
-    array (e.g. a row of a batch), so a batch costs one pass over each signal. `np.asarray`
-    decodes it.
-    """
-
-    def __init__(self, counts_TC: np.ndarray, scale: float):
-        self.counts_TC = counts_TC
-        self.scale = np.float32(scale)
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.counts_TC.shape
-
-    def __len__(self) -> int:
-        return len(self.counts_TC)
-
-    def __getitem__(self, rows: slice) -> ScaledCounts:
-        return ScaledCounts(self.counts_TC[rows], self.scale)
-
-    def decode_into(self, out_TC: np.ndarray) -> None:
-        """Writes the float32 values into `out_TC` (same shape)."""
-        np.multiply(self.counts_TC, self.scale, out=out_TC)
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        signal_TC = decode_signal(self.counts_TC, self.scale)
-        return signal_TC if dtype is None else signal_TC.astype(dtype, copy=False)
-
-
 class TfdsSource:
     """A split of a dataset built by `ecgfm.data.tfds_builders.prepare_dataset`.
 
@@ -345,7 +301,7 @@ class TfdsSource:
     def __len__(self) -> int:
         return len(self._record_ids)
 
-    def _element(self, serialized: bytes, index: int, decode: bool = True) -> Element:
+    def _element(self, serialized: bytes, index: int) -> Element:
         # Reads the tf.train.Example proto directly: TFDS's generic numpy decoder spends more
         # time walking its feature tree than reading the record. Values are the same bits.
         feature = _example_proto().FromString(serialized).features.feature
@@ -365,9 +321,9 @@ class TfdsSource:
                 f"{self.dataset_dir}: split {self.split!r} row {index} holds {record_id!r}, "
                 f"the index says {self._record_ids[index]!r}: the shards were changed"
             )
-        signal = ScaledCounts(np.frombuffer(counts, np.int16).reshape(-1, self._num_leads), scale)
         return {
-            "signal": np.asarray(signal) if decode else signal,
+            "signal": np.frombuffer(counts, np.int16).reshape(-1, self._num_leads),
+            "signal_scale": np.float32(scale),
             "labels": np.array(labels, np.float32),
             "label_mask": np.array(label_mask, np.float32),
             "record_id": record_id,
@@ -383,12 +339,6 @@ class TfdsSource:
         indices = [int(i) for i in indices]
         records = self._serialized().__getitems__(indices)
         return [self._element(r, i) for r, i in zip(records, indices, strict=True)]
-
-    def getitems_undecoded(self, indices: Sequence[int]) -> list[Element]:
-        """`__getitems__` with each `signal` left as `ScaledCounts`, for batching in one pass."""
-        indices = [int(i) for i in indices]
-        records = self._serialized().__getitems__(indices)
-        return [self._element(r, i, decode=False) for r, i in zip(records, indices, strict=True)]
 
     def example(self, index: int) -> dict[str, Any]:
         """The stored example as TFDS decodes it (all tasks, metadata fields)."""
@@ -408,7 +358,8 @@ class PatientPairSource:
 
     Index i is the i-th exam among patients with at least two exams; its partner is another
     exam of the same patient, drawn from a generator seeded by (seed, i). An element is the
-    anchor's element plus `signal_b`, `record_id_b` (the partner's); labels are the anchor's.
+    anchor's element plus `signal_b`, `signal_b_scale`, `record_id_b` (the partner's); labels
+    are the anchor's.
     """
 
     def __init__(self, source: Source, *, seed: int = 0):
@@ -454,6 +405,7 @@ class PatientPairSource:
         for anchor, partner in zip(read[0::2], read[1::2], strict=True):
             element = dict(anchor)
             element["signal_b"] = partner["signal"]
+            element["signal_b_scale"] = partner["signal_scale"]
             element["record_id_b"] = partner["record_id"]
             elements.append(element)
         return elements

@@ -19,7 +19,9 @@ from typing import Any
 
 import jax.numpy as jnp
 from flax import nnx
+from ml_collections import ConfigDict
 
+from ecgfm.config import ConfigError, section, settings_from
 from ecgfm.models.heads import Classifier, EncoderOutput, FlattenHead, LinearHead
 from ecgfm.models.resnet1d import RibeiroResNet, RibeiroResNetConfig
 from ecgfm.models.vit1d import ViT1d, ViT1dConfig
@@ -32,6 +34,7 @@ __all__ = [
     "FlattenHead",
     "LinearHead",
     "ModelFamily",
+    "ModelSpec",
     "RibeiroResNet",
     "RibeiroResNetConfig",
     "ViT1d",
@@ -41,6 +44,7 @@ __all__ = [
     "build_encoder",
     "build_model",
     "make_config",
+    "model_section",
 ]
 
 
@@ -102,28 +106,53 @@ def _family(name: str) -> ModelFamily:
 
 
 def make_config(name: str, config_dict: Mapping[str, Any] | None = None) -> Any:
-    """The frozen config of model family `name`; lists (e.g. from a ConfigDict) become tuples."""
-    cls = _family(name).config
-    values = dict(config_dict or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    if unknown := sorted(set(values) - known):
-        raise ValueError(f"{name}: unknown hyperparameters {unknown}; known: {sorted(known)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**values)
+    """The frozen config of model family `name`; an unknown hyperparameter is a `ConfigError`."""
+    family = _family(name)
+    try:
+        return settings_from(family.config, config_dict, "model.hparams")
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """An encoder architecture: family `name` and its frozen hyperparameters."""
+
+    name: str
+    hparams: Any
+
+    @classmethod
+    def create(cls, name: str, hparams: Mapping[str, Any] | None = None) -> ModelSpec:
+        """Validated: unknown family or hyperparameter names raise `ConfigError`."""
+        return cls(name, make_config(name, hparams))
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"model", "hparams"}` as plain JSON, as exports record it."""
+        return {"model": self.name, "hparams": dataclasses.asdict(self.hparams)}
+
+    def build_encoder(self, rngs: nnx.Rngs) -> nnx.Module:
+        return _family(self.name).encoder(self.hparams, rngs=rngs)
+
+    def build_classifier(self, num_classes: int, rngs: nnx.Rngs) -> Classifier:
+        """Encoder + the family's head (Ribeiro: flatten → dense; others: pooled → dense)."""
+        encoder = self.build_encoder(rngs)
+        return Classifier(encoder, _family(self.name).head(self.hparams, num_classes, rngs))
+
+
+def model_section(name: str, **hparams: Any) -> ConfigDict:
+    """`{"name": name, "hparams": <every hyperparameter>}` for a config file."""
+    return ConfigDict({"name": name, "hparams": section(make_config(name, hparams))})
 
 
 def build_encoder(
     name: str, config_dict: Mapping[str, Any] | None, *, rngs: nnx.Rngs
 ) -> nnx.Module:
     """The encoder of family `name` with hyperparameters `config_dict` (defaults elsewhere)."""
-    return _family(name).encoder(make_config(name, config_dict), rngs=rngs)
+    return ModelSpec.create(name, config_dict).build_encoder(rngs)
 
 
 def build_model(
     name: str, config_dict: Mapping[str, Any] | None, num_classes: int, rngs: nnx.Rngs
 ) -> Classifier:
     """Encoder + the family's head (Ribeiro: flatten → dense; others: pooled → dense)."""
-    config = make_config(name, config_dict)
-    family = _family(name)
-    encoder = family.encoder(config, rngs=rngs)
-    return Classifier(encoder, family.head(config, num_classes, rngs))
+    return ModelSpec.create(name, config_dict).build_classifier(num_classes, rngs)

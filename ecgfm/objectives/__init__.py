@@ -1,65 +1,59 @@
-"""Training objectives: what the one trainer optimizes, as a small protocol.
+"""Training objectives: what the one trainer optimizes (`base.Objective`), by name.
 
-The trainer (`ecgfm.train`) knows nothing about labels or views: it asks the objective to build
-the model, to compute the loss of a batch inside the jitted step, and (for evaluation) to give
-per-example outputs on device and summary metrics on the host. Self-supervised objectives plug
-into the same loop by implementing the same four methods.
+    objective = make_objective("contrastive", {"method": "clocs", "view": "cmsc"},
+                               RunContext(sampling_rate=400.0))
+
+Each objective's settings are a frozen dataclass (`SETTINGS[name]`); `objective_section` gives
+a config section holding every setting, so each can be overridden from the command line.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-import jax
-import numpy as np
-from flax import nnx
 from ml_collections import ConfigDict
 
-from ecgfm.objectives.contrastive import ContrastiveObjective
-from ecgfm.objectives.jepa import JepaObjective
-from ecgfm.objectives.masked import MaskedObjective
-from ecgfm.objectives.supervised import SupervisedObjective
+from ecgfm.config import ConfigError, section, settings_from
+from ecgfm.objectives.base import NO_CONTEXT, Batch, Objective, RunContext
+from ecgfm.objectives.contrastive import ContrastiveObjective, ContrastiveSettings
+from ecgfm.objectives.jepa import JepaObjective, JepaSettings
+from ecgfm.objectives.masked import MaskedObjective, MaskedSettings
+from ecgfm.objectives.supervised import SupervisedObjective, SupervisedSettings
 
-Batch = dict[str, jax.Array]
+__all__ = [
+    "OBJECTIVES",
+    "Batch",
+    "Objective",
+    "RunContext",
+    "make_objective",
+    "objective_section",
+]
 
-
-class Objective(Protocol):
-    """What `train_and_evaluate` calls; `loss_fn` and `eval_outputs` run under `jax.jit`."""
-
-    def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
-        """The trainable module (it exposes `.encoder` for export and `init_from`)."""
-
-    def loss_fn(
-        self, model: nnx.Module, batch: Batch, rngs: nnx.Rngs, *, train: bool
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar loss over the global batch and scalar metrics to log."""
-
-    def eval_outputs(self, model: nnx.Module, batch: Batch) -> dict[str, jax.Array]:
-        """Per-example arrays (leading axis B) that `eval_metrics` summarises."""
-
-    def eval_metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-        """Host-side summary of the concatenated `eval_outputs` of a whole split."""
-
-
-OBJECTIVES: dict[str, Any] = {
-    "supervised": SupervisedObjective,
-    "contrastive": ContrastiveObjective,
-    "masked": MaskedObjective,
-    "jepa": JepaObjective,
+# name → (settings dataclass, objective class taking (settings, context)).
+OBJECTIVES: dict[str, tuple[type, type]] = {
+    "supervised": (SupervisedSettings, SupervisedObjective),
+    "contrastive": (ContrastiveSettings, ContrastiveObjective),
+    "masked": (MaskedSettings, MaskedObjective),
+    "jepa": (JepaSettings, JepaObjective),
 }
 
 
-def make_objective(config: ConfigDict) -> Objective:
-    """The objective named by `config.objective.name`, built from `config.objective`.
-
-    JEPA also gets `config.optim.grad_accum_steps` (1 when absent): its EMA target moves once
-    per micro-batch, so it needs their number per optimizer step.
-    """
-    name = config.objective.name
+def _entry(name: str) -> tuple[type, type]:
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {sorted(OBJECTIVES)}")
-    if name == "jepa":
-        optim = config.get("optim") or ConfigDict()
-        accum_steps = max(int(optim.get("grad_accum_steps", 1)), 1)
-        return JepaObjective(config.objective, accum_steps=accum_steps)
-    return OBJECTIVES[name](config.objective)
+        raise ConfigError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name]
+
+
+def make_objective(
+    name: str, settings: Mapping[str, Any] | None = None, context: RunContext = NO_CONTEXT
+) -> Objective:
+    """The objective `name` with `settings` (unknown keys are a `ConfigError` naming them)."""
+    settings_cls, objective_cls = _entry(name)
+    return objective_cls(settings_from(settings_cls, settings, "objective"), context)
+
+
+def objective_section(name: str, **settings: Any) -> ConfigDict:
+    """`{"name": name, <every setting>}` with `settings` replacing defaults, for a config file."""
+    settings_cls, _ = _entry(name)
+    return section(settings_from(settings_cls, settings, "objective"), name=name)

@@ -29,10 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 
-from ecgfm import models
+from ecgfm.models import ModelSpec
 from ecgfm.objectives import augment, health
+from ecgfm.objectives.base import NO_CONTEXT, RunContext
 
 _CLOCS_VIEWS = ("cmsc", "cmlc", "patient")
 
@@ -129,50 +129,66 @@ def _lead_halves(key: jax.Array, signal_BTC: jax.Array) -> tuple[jax.Array, jax.
 
 
 @dataclasses.dataclass(frozen=True)
-class ContrastiveObjective:
-    """SimCLR or CLOCS per `config.method`; see the module docstring.
+class ContrastiveSettings:
+    """SimCLR or CLOCS; see the module docstring.
 
-    Config (`config.objective`): `method` ("simclr" or "clocs"), `view` (CLOCS: "cmsc",
-    "cmlc" or "patient"), `temperature`, `projection_hidden`, `projection_dim`,
-    `augmentations` (names for `augment.build_augmentations`; SimCLR needs at least one, its
-    two views are otherwise the same signal; CLOCS' may be empty), `augment_probability`,
-    `sampling_rate` (of the signals, for the time-based augmentations: the configs link it to
-    `data.preprocessing.sampling_rate`).
+    Attributes:
+      method: "simclr" or "clocs".
+      view: CLOCS' positive pair: "cmsc", "cmlc" or "patient" (SimCLR: None).
+      temperature: InfoNCE temperature.
+      projection_hidden, projection_dim: the projection MLP's widths.
+      augmentations: names for `augment.build_augmentations` (SimCLR needs at least one: its two
+        views are otherwise the same signal; CLOCS' may be empty).
+      augment_probability: probability of applying each augmentation.
     """
 
-    config: ConfigDict
+    method: str = "simclr"
+    view: str | None = None
+    temperature: float = 0.1
+    projection_hidden: int = 256
+    projection_dim: int = 128
+    augmentations: tuple[str, ...] = ()
+    augment_probability: float = 0.8
 
-    def __post_init__(self):
-        method = self.config.get("method", "simclr")
-        if method not in ("simclr", "clocs"):
-            raise ValueError(f"objective.method must be simclr or clocs, got {method!r}")
-        if method == "clocs" and self.config.get("view") not in _CLOCS_VIEWS:
+    def __post_init__(self) -> None:
+        if self.method not in ("simclr", "clocs"):
+            raise ValueError(f"objective.method must be simclr or clocs, got {self.method!r}")
+        if self.method == "clocs" and self.view not in _CLOCS_VIEWS:
             raise ValueError(f"objective.view must be one of {_CLOCS_VIEWS} for CLOCS")
-        # Unknown names or a missing sampling_rate fail here, not inside the jitted step.
-        chain = self._augmentations
-        if method == "simclr" and (not chain or self.config.get("augment_probability", 0.8) <= 0):
+        if self.method == "simclr" and (not self.augmentations or self.augment_probability <= 0):
             raise ValueError(
                 "SimCLR without augmentations contrasts two identical views of each exam: set "
                 "objective.augmentations (e.g. ('random_crop_resize', 'amplitude_scale')) and "
                 "a positive augment_probability"
             )
 
+
+@dataclasses.dataclass(frozen=True)
+class ContrastiveObjective:
+    """SimCLR or CLOCS per `settings.method` (augmentations at the context's sampling rate)."""
+
+    settings: ContrastiveSettings
+    context: RunContext = NO_CONTEXT
+
+    def __post_init__(self):
+        # Unknown names or a missing sampling rate fail here, not inside the jitted step.
+        self._augmentations  # noqa: B018
+
     @property
     def _augmentations(self) -> list[augment.Augmentation]:
-        names = tuple(self.config.get("augmentations", ()))
-        rate = self.config.get("sampling_rate")
-        return augment.build_augmentations(augment.AugmentConfig(names=names, sampling_rate=rate))
+        config = augment.AugmentConfig(
+            names=self.settings.augmentations, sampling_rate=self.context.sampling_rate
+        )
+        return augment.build_augmentations(config)
 
-    def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    def build_model(self, model: ModelSpec, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
         """Encoder + projection head (`num_classes` is unused: no labels are read)."""
         del num_classes
-        hparams = config.model.get("hparams")
-        hparams = hparams.to_dict() if hparams is not None else None
-        encoder = models.build_encoder(config.model.name, hparams, rngs=rngs)
+        encoder = model.build_encoder(rngs)
         projector = ProjectionHead(
             encoder.embedding_dim,
-            self.config.get("projection_hidden", 256),
-            self.config.get("projection_dim", 128),
+            self.settings.projection_hidden,
+            self.settings.projection_dim,
             rngs=rngs,
         )
         return ContrastiveModel(encoder, projector)
@@ -180,7 +196,7 @@ class ContrastiveObjective:
     def views(self, batch: dict[str, jax.Array], key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The two views `[B, T', C]` of every exam (before augmentation)."""
         signal_BTC = batch["signal"]
-        method, view = self.config.get("method", "simclr"), self.config.get("view")
+        method, view = self.settings.method, self.settings.view
         if method == "simclr":
             return signal_BTC, signal_BTC
         if view == "cmsc":
@@ -197,7 +213,7 @@ class ContrastiveObjective:
     ) -> tuple[jax.Array, jax.Array]:
         k_view, k_a, k_b = jax.random.split(key, 3)
         view_a, view_b = self.views(batch, k_view)
-        chain, p = self._augmentations, self.config.get("augment_probability", 0.8)
+        chain, p = self._augmentations, self.settings.augment_probability
         if chain:
             view_a = augment.augment_batch(k_a, view_a, chain, p)
             view_b = augment.augment_batch(k_b, view_b, chain, p)
@@ -223,8 +239,8 @@ class ContrastiveObjective:
             projection_2BP[:b],
             projection_2BP[b:],
             weight_B,
-            self.config.get("temperature", 0.1),
-            intra_view_negatives=self.config.get("method", "simclr") == "simclr",
+            self.settings.temperature,
+            intra_view_negatives=self.settings.method == "simclr",
         )
         return loss, embedding_2BD[:b], embedding_2BD[b:]
 
@@ -241,7 +257,7 @@ class ContrastiveObjective:
     def eval_outputs(self, model: nnx.Module, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """Per-exam embeddings of both views (fixed augmentation key) and the batch's loss."""
         weight_B = batch["mask"]
-        if self.config.get("view") == "patient" and "signal_b" not in batch:
+        if self.settings.view == "patient" and "signal_b" not in batch:
             # Validation batches are single exams: report the representation only.
             embedding_BD, _ = model(batch["signal"], train=False)
             return {"embedding": embedding_BD, "weight": weight_B}

@@ -33,11 +33,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from ml_collections import ConfigDict
 
+from ecgfm.models import ModelSpec
 from ecgfm.models.vit1d import ViT1d
 from ecgfm.objectives import health
-from ecgfm.objectives.masked import TokenPredictor, build_vit, decoder_config, gather_tokens
+from ecgfm.objectives.base import NO_CONTEXT, RunContext
+from ecgfm.objectives.masked import (
+    PredictorSettings,
+    TokenPredictor,
+    build_vit,
+    decoder_config,
+    gather_tokens,
+)
 
 
 class EmaTarget(nnx.Variable):
@@ -114,34 +121,48 @@ class JepaModel(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class JepaObjective:
-    """I-JEPA on ECG tokens; see the module docstring.
+class JepaSettings(PredictorSettings):
+    """I-JEPA's masking and target; see the module docstring.
 
-    Config (`config.objective`): `num_blocks` (4), `block_leads` (12), `block_patches` (2),
-    `context_fraction` (1.0), `ema_momentum` (0.996, per optimizer step), `decoder_width`,
-    `decoder_depth`, `decoder_heads` (the predictor). `accum_steps`: micro-batches per
-    optimizer step (`optim.grad_accum_steps`, passed by `make_objective`).
+    Attributes:
+      num_blocks: target blocks per exam.
+      block_leads, block_patches: each block's extent (consecutive leads × patches).
+      context_fraction: fraction of the tokens outside every block that the context keeps.
+      ema_momentum: the target encoder's EMA momentum per optimizer update.
     """
 
-    config: ConfigDict
-    accum_steps: int = 1
+    num_blocks: int = 4
+    block_leads: int = 12
+    block_patches: int = 2
+    context_fraction: float = 1.0
+    ema_momentum: float = 0.996
 
-    def __post_init__(self):
-        if self.accum_steps < 1:
-            raise ValueError(f"accum_steps must be at least 1, got {self.accum_steps}")
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_momentum <= 1.0:
+            raise ValueError(f"ema_momentum must lie in [0, 1], got {self.ema_momentum}")
+        if not 0.0 < self.context_fraction <= 1.0:
+            raise ValueError(f"context_fraction must lie in (0, 1], got {self.context_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class JepaObjective:
+    """I-JEPA on ECG tokens; the EMA moves once per micro-batch (`context.accum_steps`)."""
+
+    settings: JepaSettings = JepaSettings()
+    context: RunContext = NO_CONTEXT
 
     @property
     def micro_batch_momentum(self) -> float:
         """The EMA momentum per micro-batch: `ema_momentum ** (1 / accum_steps)`."""
-        return self.config.get("ema_momentum", 0.996) ** (1.0 / self.accum_steps)
+        return self.settings.ema_momentum ** (1.0 / self.context.accum_steps)
 
-    def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    def build_model(self, model: ModelSpec, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
         """ViT-1D context encoder, its EMA copy (same initial weights) and the predictor."""
         del num_classes
-        encoder = build_vit(config, rngs)
+        encoder = build_vit(model, "jepa", rngs)
         width = encoder.config.width
-        predictor_config = decoder_config(encoder.config, self.config)
-        predictor = TokenPredictor(width, width, predictor_config, rngs=rngs)
+        predictor = TokenPredictor(width, width, decoder_config(encoder.config, self.settings),
+                                   rngs=rngs)  # fmt: skip
         return JepaModel(encoder, as_ema_target(encoder), predictor)
 
     def prediction_loss(
@@ -154,19 +175,19 @@ class JepaObjective:
         rngs: nnx.Rngs | None,
     ) -> tuple[jax.Array, jax.Array]:
         """(per-exam smooth-L1 `[B]` over target tokens, mean context feature `[B, D]`)."""
-        cfg, encoder = self.config, model.encoder
+        cfg, encoder = self.settings, model.encoder
         tokens_BND = encoder.tokenize(signal_BTC)
         b, n_tokens, _ = tokens_BND.shape
         num_leads = encoder.config.num_leads
         num_patches = n_tokens // num_leads
-        m = cfg.get("num_blocks", 4)
+        m = cfg.num_blocks
         k_block, k_context = jax.random.split(key)
         target_BMK = block_indices(
             k_block, b, num_leads, num_patches, m,
-            cfg.get("block_leads", 12), cfg.get("block_patches", 2),
+            cfg.block_leads, cfg.block_patches,
         )  # fmt: skip
         k = target_BMK.shape[-1]
-        num_context = int((n_tokens - m * k) * cfg.get("context_fraction", 1.0))
+        num_context = int((n_tokens - m * k) * cfg.context_fraction)
         if num_context < 1:
             raise ValueError(f"{m} target blocks of {k} tokens leave no context of {n_tokens}")
         context_BX = context_indices(k_context, target_BMK, n_tokens, num_context)

@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 
-from ecgfm import models
+from ecgfm.models import ModelSpec
 from ecgfm.models.vit1d import Block, ViT1d, ViT1dConfig
 from ecgfm.objectives import health
+from ecgfm.objectives.base import NO_CONTEXT, RunContext
 
 
 class TokenPredictor(nnx.Module):
@@ -107,13 +107,22 @@ def gather_tokens(tokens_BND: jax.Array, index_BK: jax.Array) -> jax.Array:
     return jnp.take_along_axis(tokens_BND, index_BK[..., None], axis=1)
 
 
-def decoder_config(encoder: ViT1dConfig, objective: ConfigDict) -> ViT1dConfig:
+@dataclasses.dataclass(frozen=True)
+class PredictorSettings:
+    """The narrow transformer that predicts masked tokens (MAE's decoder, JEPA's predictor)."""
+
+    decoder_width: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+
+
+def decoder_config(encoder: ViT1dConfig, settings: PredictorSettings) -> ViT1dConfig:
     """The predictor's transformer config: `decoder_width/depth/heads` on the encoder's grid."""
     return ViT1dConfig(
         patch_size=encoder.patch_size,
-        width=objective.get("decoder_width", 128),
-        depth=objective.get("decoder_depth", 2),
-        num_heads=objective.get("decoder_heads", 4),
+        width=settings.decoder_width,
+        depth=settings.decoder_depth,
+        num_heads=settings.decoder_heads,
         num_leads=encoder.num_leads,
         max_patches=encoder.max_patches,
         dtype=encoder.dtype,
@@ -121,14 +130,11 @@ def decoder_config(encoder: ViT1dConfig, objective: ConfigDict) -> ViT1dConfig:
     )
 
 
-def build_vit(config: ConfigDict, rngs: nnx.Rngs) -> ViT1d:
+def build_vit(model: ModelSpec, objective: str, rngs: nnx.Rngs) -> ViT1d:
     """The configured encoder, which must be the ViT-1D (the objective works on its tokens)."""
-    if config.model.name != "vit1d":
-        raise ValueError(
-            f"{config.objective.name} needs model.name='vit1d', got {config.model.name!r}"
-        )
-    hparams = config.model.get("hparams")
-    return models.build_encoder("vit1d", hparams.to_dict() if hparams else None, rngs=rngs)
+    if model.name != "vit1d":
+        raise ValueError(f"{objective} needs model.name='vit1d', got {model.name!r}")
+    return model.build_encoder(rngs)
 
 
 class MaskedModel(nnx.Module):
@@ -140,20 +146,29 @@ class MaskedModel(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
+class MaskedSettings(PredictorSettings):
+    """`mask_ratio`: fraction of tokens dropped; `norm_targets`: per-patch normalised targets."""
+
+    mask_ratio: float = 0.75
+    norm_targets: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+
+
+@dataclasses.dataclass(frozen=True)
 class MaskedObjective:
-    """ST-MEM masked patch reconstruction; see the module docstring.
+    """ST-MEM masked patch reconstruction; see the module docstring."""
 
-    Config (`config.objective`): `mask_ratio` (default 0.75), `norm_targets` (default True),
-    `decoder_width`, `decoder_depth`, `decoder_heads`.
-    """
+    settings: MaskedSettings = MaskedSettings()
+    context: RunContext = NO_CONTEXT
 
-    config: ConfigDict
-
-    def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    def build_model(self, model: ModelSpec, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
         """ViT-1D encoder + decoder (`num_classes` is unused)."""
         del num_classes
-        encoder = build_vit(config, rngs)
-        dec = decoder_config(encoder.config, self.config)
+        encoder = build_vit(model, "masked", rngs)
+        dec = decoder_config(encoder.config, self.settings)
         decoder = TokenPredictor(encoder.config.width, encoder.config.patch_size, dec, rngs=rngs)
         return MaskedModel(encoder, decoder)
 
@@ -171,9 +186,9 @@ class MaskedObjective:
         tokens_BND = encoder.tokenize(signal_BTC)
         b, n_tokens, _ = tokens_BND.shape
         num_patches = n_tokens // encoder.config.num_leads
-        num_keep = max(round(n_tokens * (1.0 - self.config.get("mask_ratio", 0.75))), 1)
+        num_keep = max(round(n_tokens * (1.0 - self.settings.mask_ratio)), 1)
         if num_keep >= n_tokens:
-            raise ValueError(f"mask_ratio {self.config.mask_ratio} drops no token of {n_tokens}")
+            raise ValueError(f"mask_ratio {self.settings.mask_ratio} drops no token of {n_tokens}")
         kept_BK, dropped_BM = random_token_split(key, b, n_tokens, num_keep)
         encoded = encoder.encode_tokens(gather_tokens(tokens_BND, kept_BK), train=train, rngs=rngs)
         predicted_BMP = model.decoder(
@@ -181,7 +196,7 @@ class MaskedObjective:
         )
         target_BMP = gather_tokens(patchify(signal_BTC, encoder.config.patch_size), dropped_BM)
         target_BMP = target_BMP.astype(jnp.float32)
-        if self.config.get("norm_targets", True):
+        if self.settings.norm_targets:
             mean = jnp.mean(target_BMP, axis=-1, keepdims=True)
             var = jnp.var(target_BMP, axis=-1, keepdims=True)
             target_BMP = (target_BMP - mean) / jnp.sqrt(var + 1e-6)

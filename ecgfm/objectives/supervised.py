@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 
-from ecgfm import models
 from ecgfm.metrics import per_class_auroc
+from ecgfm.models import ModelSpec
+from ecgfm.objectives.base import NO_CONTEXT, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +58,25 @@ def masked_macro_auroc(
 
 
 @dataclasses.dataclass(frozen=True)
+class SupervisedSettings:
+    """`pos_weight`: None, or one factor per class for the positive term (counters rare classes)."""
+
+    pos_weight: tuple[float, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class SupervisedObjective:
-    """Multilabel BCE on the dataset's labels; `config.pos_weight`: None or a float per class."""
+    """Multilabel BCE on the dataset's labels."""
 
-    config: ConfigDict
+    settings: SupervisedSettings = SupervisedSettings()
+    context: RunContext = NO_CONTEXT
 
-    def build_model(self, config: ConfigDict, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
-        """The configured encoder with a linear head of `num_classes` logits."""
-        hparams = config.model.get("hparams")
-        hparams = hparams.to_dict() if hparams is not None else None
-        return models.build_model(config.model.name, hparams, num_classes, rngs)
+    def build_model(self, model: ModelSpec, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+        """The encoder with its family's head of `num_classes` logits."""
+        return model.build_classifier(num_classes, rngs)
 
     def _pos_weight(self) -> np.ndarray | None:
-        pos_weight = self.config.get("pos_weight")
+        pos_weight = self.settings.pos_weight
         return None if pos_weight is None else np.asarray(pos_weight, np.float32)
 
     def _weights(self, batch: dict[str, jax.Array]) -> jax.Array:

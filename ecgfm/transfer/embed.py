@@ -32,6 +32,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ecgfm.data.pipeline import pad_rows
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import EcgFormatError, OnError, SkipLog, handle_bad_record
 from ecgfm.models import build_encoder
@@ -342,13 +343,11 @@ def _embed_inputs(
         for w in range(len(windows)):
             by_shape.setdefault(windows.shape[1:], []).append((record_id, w))
     out: dict[str, list[np.ndarray | None]] = {r: [None] * len(x) for r, x in inputs.items()}
-    for shape, members in by_shape.items():
+    for members in by_shape.values():
         for start in range(0, len(members), batch_size):
             chunk = members[start : start + batch_size]
             size = min(batch_size, 1 << (len(chunk) - 1).bit_length())
-            batch = np.zeros((size, *shape), np.float32)
-            for i, (record_id, w) in enumerate(chunk):
-                batch[i] = inputs[record_id][w]
+            batch = pad_rows(np.stack([inputs[r][w] for r, w in chunk]).astype(np.float32), size)
             embedded = encoder.embed(batch)[: len(chunk)]
             for (record_id, w), vector in zip(chunk, embedded, strict=True):
                 out[record_id][w] = vector

@@ -1,11 +1,11 @@
 """Fine-tuning an exported encoder (or the same architecture from scratch) on a downstream task.
 
-The model is the encoder with the family's new head (`models.build_model`), trained with
-masked BCE (`objectives.supervised`) by the pretraining trainer's own pieces: `train.init_state`
-and `train.state_shardings` place the state on the device mesh, `train.encoder_init` reads the
-exported encoder into it (the head stays freshly initialised), `train.jit_train_step` is the
-jitted step with the batch sharded on `data`, `train.eval_step` scores windows, and
-`checkpoint.Checkpointer` keeps the best step. What this module adds is a thin loop:
+The model is the encoder with the family's new head (`ModelSpec.build_classifier`), trained
+with masked BCE (`objectives.supervised`) by the same train state as pretraining
+(`ecgfm.train_state.compile_training`: init on the device mesh, the jitted step with the batch
+sharded on `data`, evaluation), `train_state.encoder_init` reads the exported encoder into it
+(the head stays freshly initialised), and `checkpoint.Checkpointer` keeps the best step. What
+this module adds is a thin loop:
 
 - Discriminative learning rates (`optim.make_group_optimizer`): the head and the encoder each
   follow warm-up + cosine to their own peak (`head_lr`, `encoder_lr`). For the first
@@ -23,8 +23,8 @@ jitted step with the batch sharded on `data`, `train.eval_step` scores windows, 
   AUROC is computed; an improvement is checkpointed, and after `patience` evaluations without
   one training stops. Validation and test predictions come from the best checkpoint.
 
-`FinetuneMethod` is a `protocol.Method`, so `run_study` (and `run_probe(extra_methods=...)`)
-evaluates it on the same label fractions, seeds and test resamples as the probe;
+`FinetuneMethod` is a `protocol.Method`, so `run_study` evaluates it on the same label
+fractions, seeds and test resamples as the probe;
 `run_finetune` runs "finetune" (from the export) and "scratch" (random init, same
 architecture and preprocessing) and writes the report files.
 """
@@ -33,28 +33,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import jax
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
-from ml_collections import ConfigDict
 
-from ecgfm import checkpoint, distributed, metrics, sharding, train
+from ecgfm import checkpoint, metrics, sharding, train_state
+from ecgfm.data import windows
+from ecgfm.data.pipeline import pad_rows
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import EcgFormatError, OnError, SkipLog, handle_bad_record
 from ecgfm.data.splits import TEST, TRAIN, VALIDATION
-from ecgfm.objectives import make_objective
-from ecgfm.optim import make_group_optimizer, make_schedule
+from ecgfm.models import ModelSpec
+from ecgfm.objectives.supervised import SupervisedObjective
+from ecgfm.optim import OptimConfig, make_group_optimizer, make_schedule
 from ecgfm.transfer import report
 from ecgfm.transfer.embed import hash_path, record_windows
 from ecgfm.transfer.label_fractions import DEFAULT_FRACTIONS
@@ -67,6 +67,7 @@ from ecgfm.transfer.protocol import (
     TaskData,
     TaskSpec,
     aggregate_window_logits,
+    describe,
     load_task,
     run_study,
     validation_macro_auroc,
@@ -144,13 +145,10 @@ class FinetuneConfig:
         """Learning rate per step for the "head" and "encoder" parameter groups."""
 
         def warmup_cosine(peak: float, steps: int) -> optax.Schedule:
-            optim = ConfigDict(
-                {
-                    "learning_rate": peak,
-                    "schedule": "warmup_cosine",
-                    "warmup_steps": self.warmup_steps,
-                    "end_lr_fraction": self.end_lr_fraction,
-                }
+            optim = OptimConfig(
+                learning_rate=peak,
+                warmup_steps=self.warmup_steps,
+                end_lr_fraction=self.end_lr_fraction,
             )
             return make_schedule(optim, steps)
 
@@ -183,8 +181,8 @@ class FinetuneInputs:
       record_ids: split → ids of the records prepared (unreadable ones skipped, if asked).
       labels: split → `[N, K]` labels of those records.
       train_signals: per training record, the whole preprocessed `[T, C]` signal (at least one
-        window long: shorter records are zero-padded at the end), or its one fitted input with
-        whole-record windowing.
+        window long: shorter records are centred in zeros, `windows.fit`), or its one fitted
+        input with whole-record windowing.
       window: samples per encoder input (None: whole-record windowing).
       train_stride: samples between the protocol's training windows.
       validation, test: evaluation windows.
@@ -233,13 +231,6 @@ class FinetuneInputs:
         return signal_TC[start : start + self.window]
 
 
-def _at_least(signal_TC: np.ndarray, length: int) -> np.ndarray:
-    missing = length - signal_TC.shape[0]
-    if missing <= 0:
-        return signal_TC
-    return np.concatenate([signal_TC, np.zeros((missing, signal_TC.shape[1]), np.float32)])
-
-
 def prepare_inputs(
     task: TaskData, preprocessing: Preprocessing, *, on_error: OnError = "raise"
 ) -> FinetuneInputs:
@@ -274,9 +265,10 @@ def prepare_inputs(
             elif train_window is None:
                 arrays.append(preprocessing(record.signal, record.sampling_rate))
             else:
-                arrays.append(
-                    _at_least(whole(record.signal, record.sampling_rate), train_window[0])
-                )
+                signal_TC = whole(record.signal, record.sampling_rate)
+                if len(signal_TC) < train_window[0]:
+                    signal_TC = windows.fit(signal_TC, train_window[0])
+                arrays.append(signal_TC)
             kept.append(n)
         record_ids[split] = [task.record_ids[split][n] for n in kept]
         labels[split] = task.labels[split][np.asarray(kept, dtype=np.int64)]
@@ -337,18 +329,9 @@ class Fit:
     test_scores_NK: np.ndarray
 
 
-@dataclasses.dataclass(frozen=True)
-class _Compiled:
-    mesh: jax.sharding.Mesh
-    target: Any
-    init: Any
-    step: Any
-    eval: Any
-
-
 @functools.lru_cache(maxsize=8)
-def _compile(model: str, hparams_json: str, num_classes: int, config: FinetuneConfig) -> _Compiled:
-    """The jitted init/step/eval of one architecture and `config` (fits of `config.steps`).
+def _compile(model: ModelSpec, num_classes: int, config: FinetuneConfig) -> train_state.Training:
+    """The compiled train state of one architecture and `config` (fits of `config.steps`).
 
     Cached, so the pretrained and the scratch model, and every seed, share one compilation.
     """
@@ -356,35 +339,16 @@ def _compile(model: str, hparams_json: str, num_classes: int, config: FinetuneCo
     for size in (config.batch_size, config.eval_batch_size):
         if size % mesh.size:
             raise ValueError(f"batch size {size} is not divisible by {mesh.size} devices")
-    model_config = ConfigDict(
-        {
-            "model": {"name": model, "hparams": json.loads(hparams_json)},
-            "objective": {"name": "supervised", "pos_weight": None},
-        }
-    )
-    objective = make_objective(model_config)
-    optim = ConfigDict(
-        {"b1": 0.9, "b2": 0.999, "weight_decay": config.weight_decay, "clip_norm": config.clip_norm}
-    )
+    optim = OptimConfig(weight_decay=config.weight_decay, clip_norm=config.clip_norm)
     schedules = config.schedules(config.steps)
     tx = make_group_optimizer(optim, schedules)
-    graphdef, abstract, shardings = train.state_shardings(
-        model_config, objective, tx, num_classes, mesh
+    return train_state.compile_training(
+        lambda rngs: model.build_classifier(num_classes, rngs),
+        SupervisedObjective(),
+        tx,
+        schedules["head"],
+        mesh,
     )
-    init = jax.jit(
-        functools.partial(train.init_state, model_config, objective, tx, num_classes),
-        out_shardings=shardings,
-    )
-    step = train.jit_train_step(
-        graphdef, shardings, mesh, objective, tx, schedules["head"], accum_steps=1
-    )
-    evaluate = jax.jit(
-        functools.partial(train.eval_step, graphdef, objective=objective),
-        in_shardings=(shardings, sharding.batch_sharding(mesh)),
-        out_shardings=NamedSharding(mesh, PartitionSpec()),
-    )
-    target = checkpoint.abstract_like(abstract, shardings)
-    return _Compiled(mesh, target, init, step, evaluate)
 
 
 def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -396,12 +360,14 @@ def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class FinetuneMethod:
-    """Encoder (from an export, or randomly initialised) + new head, fine-tuned: a `Method`.
+    """Encoder (from an export, or randomly initialised) + the family's new head, fine-tuned
+    with masked BCE: a `protocol.Method`. Head and encoder follow their own warm-up + cosine
+    learning rates (the encoder's at 0 for `freeze_steps`); the record-level validation macro
+    AUROC picks the best step, whose predictions are reported.
 
     Attributes:
       inputs: the task prepared for the encoder's preprocessing (`prepare_inputs`).
-      model: encoder family name (`models.MODELS`).
-      hparams: the family's hyperparameters (an export's `hparams`).
+      model: the encoder architecture (an export's `model` and `hparams`).
       config: fine-tuning hyperparameters.
       init_from: exported encoder directory; None trains the architecture from scratch.
       checkpoint_dir: where each fit keeps its best checkpoint (`<records>-<seed>/`); None
@@ -409,47 +375,40 @@ class FinetuneMethod:
     """
 
     inputs: FinetuneInputs
-    model: str
-    hparams: Mapping[str, Any]
+    model: ModelSpec
     config: FinetuneConfig
     init_from: pathlib.Path | None = None
     checkpoint_dir: pathlib.Path | None = None
 
-    def _compile(self, total_steps: int) -> _Compiled:
+    def _compile(self, total_steps: int) -> train_state.Training:
         # Only what shapes the compiled functions is in the cache key.
         key = dataclasses.replace(
             self.config, steps=total_steps, epochs=None, eval_every=1, patience=None,
             train_windows="random", seed=0,
         )  # fmt: skip
-        num_classes = self.inputs.labels[TRAIN].shape[1]
-        return _compile(
-            self.model, json.dumps(dict(self.hparams), sort_keys=True), num_classes, key
-        )
+        return _compile(self.model, self.inputs.labels[TRAIN].shape[1], key)
 
-    def _scores(self, compiled: _Compiled, state: Any, windows: EvalWindows) -> np.ndarray:
+    def _scores(
+        self, compiled: train_state.Training, state: Any, eval_windows: EvalWindows
+    ) -> np.ndarray:
         """`[N, K]` record logits: the windows' max, or their mean probability as a logit."""
         size = self.config.eval_batch_size
         num_classes = self.inputs.labels[TRAIN].shape[1]
-        batch_sharding = sharding.batch_sharding(compiled.mesh)
         logits = []
-        for start in range(0, len(windows.windows_WTC), size):
-            signal = windows.windows_WTC[start : start + size]
+        for start in range(0, len(eval_windows.windows_WTC), size):
+            signal = eval_windows.windows_WTC[start : start + size]
             rows = len(signal)
             # Padded to a full batch (weight 0), so the evaluation compiles once.
-            padded = np.zeros((size, *signal.shape[1:]), np.float32)
-            padded[:rows] = signal
             batch = {
-                "signal": padded,
+                "signal": pad_rows(signal, size),
                 "labels": np.zeros((size, num_classes), np.float32),
                 "label_mask": np.zeros((size, num_classes), np.float32),
-                "mask": (np.arange(size) < rows).astype(np.float32),
+                "mask": pad_rows(np.ones(rows, np.float32), size),
             }
-            out = compiled.eval(
-                state, distributed.global_batch(_process_rows(batch), batch_sharding)
-            )
-            logits.append(train.to_host(out["logits"])[:rows])
+            out = compiled.eval(state, compiled.global_batch(_process_rows(batch)))
+            logits.append(train_state.to_host(out["logits"])[:rows])
         return aggregate_window_logits(
-            np.concatenate(logits), windows.record_of_window_W, windows.num_records,
+            np.concatenate(logits), eval_windows.record_of_window_W, eval_windows.num_records,
             self.inputs.aggregation,
         )  # fmt: skip
 
@@ -461,12 +420,11 @@ class FinetuneMethod:
             raise ValueError("cannot fine-tune on an empty training subset")
         total = cfg.total_steps(train_index.size)
         compiled = self._compile(total)
-        batch_sharding = sharding.batch_sharding(compiled.mesh)
         key = jax.random.fold_in(jax.random.key(cfg.seed), seed)
         with jax.set_mesh(compiled.mesh):
             state = compiled.init(key)
         if self.init_from is not None:
-            state = train.encoder_init(state, self.init_from)
+            state = train_state.encoder_init(state, self.init_from)
         batches = self.inputs.train_batches(
             train_index, cfg.batch_size, cfg.train_windows, np.random.default_rng([cfg.seed, seed])
         )
@@ -479,16 +437,16 @@ class FinetuneMethod:
                 shutil.rmtree(fit_dir, ignore_errors=True)  # a rerun's steps start again
             else:
                 fit_dir = pathlib.Path(scratch_dir)
-            checkpointer = checkpoint.Checkpointer(fit_dir, save_every=1, keep=1)
+            checkpointer = checkpoint.Checkpointer(fit_dir, keep=1)
             step = 0
             with jax.set_mesh(compiled.mesh):
                 while step < total and not stopping.should_stop:
-                    batch = distributed.global_batch(_process_rows(next(batches)), batch_sharding)
+                    batch = compiled.global_batch(_process_rows(next(batches)))
                     state, step_metrics = compiled.step(state, batch)
                     step += 1
                     if step % cfg.eval_every and step != total:
                         continue
-                    loss = float(train.to_host(step_metrics["loss"]))
+                    loss = float(train_state.to_host(step_metrics["loss"]))
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"fine-tuning loss is {loss} at step {step}")
                     score = validation_macro_auroc(
@@ -500,7 +458,7 @@ class FinetuneMethod:
                         {"step": step, "train_loss": loss, "validation_macro_auroc": score}
                     )
                     if stopping.update(step, score):
-                        checkpointer.save(step, state, None, force=True)
+                        checkpointer.save(step, state, None)
             checkpointer.wait_until_finished()
             restored = checkpointer.restore_latest(compiled.target, None)
             checkpointer.close()
@@ -511,7 +469,7 @@ class FinetuneMethod:
             val_scores = self._scores(compiled, best, self.inputs.validation)
             test_scores = self._scores(compiled, best, self.inputs.test)
         return Fit(
-            state=train.to_host({k: best[k] for k in ("params", "model_state")}),
+            state=train_state.to_host({k: best[k] for k in ("params", "model_state")}),
             best_step=best_step,
             steps_run=step,
             history=history,
@@ -546,7 +504,6 @@ def run_finetune(
     seeds: Sequence[int] = (0, 1, 2),
     config: FinetuneConfig = FinetuneConfig(),
     include_scratch: bool = True,
-    extra_methods: Mapping[str, Method] | None = None,
     keep_checkpoints: bool = False,
     num_bootstrap: int = metrics.DEFAULT_BOOTSTRAP,
     threshold_rule: str = "gbeta",
@@ -557,8 +514,7 @@ def run_finetune(
     Methods "finetune" (encoder from `encoder_path`, new head) and, with `include_scratch`,
     "scratch" (same architecture and preprocessing, random init, trained on the same
     subsets) run on every label fraction and seed; `comparisons` gives finetune minus each
-    other method on the same test resamples, i.e. what pretraining added. `extra_methods`
-    run alongside (their `train_index` indexes the training records kept here). With
+    other method on the same test resamples, i.e. what pretraining added. With
     `keep_checkpoints`, each fit's best checkpoint stays in `out_dir/checkpoints/<method>/`.
     Fβ/Gβ thresholds follow `threshold_rule` (`protocol.THRESHOLD_RULES`, fitted on validation).
     Writes results.json/.csv/.md, roc.png, label_fractions.png, predictions.npz to `out_dir`
@@ -571,6 +527,7 @@ def run_finetune(
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = load_encoder(encoder_path)
     spec = encoder.config
+    model = ModelSpec.create(spec["model"], spec["hparams"])
     if encoder.preprocessing is None:
         raise ValueError(f"{encoder_path} stores no preprocessing spec: cannot prepare inputs")
     data = load_task(task, data_root)
@@ -580,12 +537,11 @@ def run_finetune(
 
     def method(name: str, init_from: pathlib.Path | None) -> FinetuneMethod:
         where = out_dir / "checkpoints" / name if keep_checkpoints else None
-        return FinetuneMethod(inputs, spec["model"], spec["hparams"], config, init_from, where)
+        return FinetuneMethod(inputs, model, config, init_from, where)
 
     methods: dict[str, Method] = {"finetune": method("finetune", encoder_path)}
     if include_scratch:
         methods["scratch"] = method("scratch", None)
-    methods |= dict(extra_methods or {})
     results, predictions = run_study(
         data,
         methods,
@@ -596,7 +552,7 @@ def run_finetune(
         threshold_rule=threshold_rule,
     )
     task_record = results.pop("task")
-    architecture = {"model": spec["model"], "config": dict(spec["hparams"])}
+    architecture = model.to_dict()
     results = {
         "checkpoint": {
             "path": str(encoder_path),
@@ -616,17 +572,13 @@ def run_finetune(
             if include_scratch
             else {}
         ),
-        "extra_methods": sorted(extra_methods or {}),
         "protocol": {
             **task_record,
             "label_fractions": results["fractions"],
             "seeds": list(seeds),
             "finetune": {
+                "method": describe(FinetuneMethod),
                 **config.to_dict(),
-                "model": "encoder + the family's new head (models.build_model), masked BCE",
-                "early_stopping": "validation macro AUROC (record level); best step's predictions",
-                "learning_rates": "head and encoder groups, warm-up + cosine each; encoder at 0 "
-                "for freeze_steps",
                 "window_aggregation": WINDOW_AGGREGATION[task.windowing.aggregation],
                 "evaluation_window_stride_s": task.windowing.eval_stride_s,
             },

@@ -31,6 +31,7 @@ import optax
 
 import ecgfm
 from ecgfm import metrics
+from ecgfm.data.pipeline import pad_rows
 from ecgfm.data.record import OnError
 from ecgfm.data.splits import TEST, TRAIN, VALIDATION
 from ecgfm.transfer import report
@@ -45,6 +46,7 @@ from ecgfm.transfer.protocol import (
     TaskSpec,
     aggregate_window_logits,
     aggregate_windows,
+    describe,
     load_task,
     run_study,
     validation_macro_auroc,
@@ -89,12 +91,7 @@ def _padded(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Rows padded with zero weight to a power of two: one compilation serves many sizes."""
     rows = max(64, 1 << (len(x_ND) - 1).bit_length())
-    pad = rows - len(x_ND)
-    return (
-        jnp.asarray(np.pad(x_ND, ((0, pad), (0, 0))), jnp.float32),
-        jnp.asarray(np.pad(y_NK, ((0, pad), (0, 0))), jnp.float32),
-        jnp.asarray(np.pad(weights_N, (0, pad)), jnp.float32),
-    )
+    return tuple(jnp.asarray(pad_rows(a, rows), jnp.float32) for a in (x_ND, y_NK, weights_N))
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter",))
@@ -280,7 +277,11 @@ class WindowSet:
 
 @dataclasses.dataclass
 class ProbeMethod:
-    """The frozen-encoder probe as a `protocol.Method`: fit on a training subset, λ on val."""
+    """The frozen-encoder probe as a `protocol.Method`: a logistic (or MLP) head on the
+    training windows' embeddings, standardised by their mean and std, each window weighted
+    1 / windows of its record, fitted full batch (L-BFGS; Adam for the MLP) for every λ of the
+    L2 grid; λ is chosen by record-level macro AUROC on the validation fold (ties: larger λ).
+    """
 
     train: WindowSet
     validation: WindowSet
@@ -381,7 +382,6 @@ def run_probe(
     l2_grid: Sequence[float] = DEFAULT_L2_GRID,
     baseline: FrozenEncoder | Literal["random"] | None = "random",
     baseline_seed: int = 0,
-    extra_methods: Mapping[str, Method] | None = None,
     cache_dir: str | os.PathLike | None = None,
     batch_size: int = 256,
     num_bootstrap: int = metrics.DEFAULT_BOOTSTRAP,
@@ -393,8 +393,7 @@ def run_probe(
     `encoder` is a `FrozenEncoder` or the path of an exported encoder. `baseline="random"`
     probes a randomly initialised twin (same architecture and preprocessing) so the results say
     what pretraining added (`comparisons`: pretrained minus random on the same test resamples).
-    `extra_methods` (name → `protocol.Method`) run alongside on the same subsets and test set:
-    the hook for the supervised baseline trained from scratch. Embeddings are cached in
+    Embeddings are cached in
     `cache_dir` (default `out_dir/embedding_cache`). Fβ/Gβ thresholds follow `threshold_rule`
     (`protocol.THRESHOLD_RULES`, fitted on validation). Returns the results dict.
     """
@@ -431,7 +430,6 @@ def run_probe(
         )
         for name, e in embedded.items()
     }
-    methods |= dict(extra_methods or {})
     results, predictions = run_study(
         data,
         methods,
@@ -445,20 +443,14 @@ def run_probe(
     results = {
         "checkpoint": encoder.describe(),
         "baselines": {n: e.describe() for n, e in encoders.items() if n != "pretrained"},
-        "extra_methods": sorted(extra_methods or {}),
         "protocol": {
             **task_record,
             "label_fractions": results["fractions"],
             "seeds": list(seeds),
             "probe": {
+                "method": describe(ProbeMethod),
                 "head": head,
                 "l2_grid": list(l2_grid),
-                "l2_chosen_by": "macro AUROC on the validation fold (ties: larger λ)",
-                "solver": "optax.lbfgs, full batch"
-                if head == "linear"
-                else "optax.adam, full batch",
-                "standardization": "mean/std of the training windows",
-                "window_weight": "1 / windows of the record",
                 "window_aggregation": WINDOW_AGGREGATION[task.windowing.aggregation],
             },
             "evaluation": {

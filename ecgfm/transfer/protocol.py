@@ -29,6 +29,7 @@ predictions, which for a fitted head are optimistic).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
@@ -382,6 +383,12 @@ class Method(Protocol):
     """
 
     def fit_predict(self, train_index: np.ndarray, seed: int) -> MethodOutput: ...
+
+
+def describe(method: type) -> str:
+    """`module.Class: first docstring line`: a method's description, taken from its code."""
+    summary = (inspect.getdoc(method) or "").split("\n\n")[0].replace("\n", " ")
+    return f"{method.__module__}.{method.__qualname__}: {summary}"
 
 
 def evaluable_classes(labels_NK: np.ndarray) -> np.ndarray:

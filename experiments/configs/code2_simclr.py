@@ -1,37 +1,39 @@
 """SimCLR pretraining of the Ribeiro ResNet on CODE-II (labels are not read).
 
-Command:
+Prepare as for `code2_resnet.py` (the same spec), then:
     ecgfm pretrain --config experiments/configs/code2_simclr.py --workdir workdirs/code2_simclr \
-        --config.data.path=/data/code2
+        --config.data.path=/data/tfds
 
-Hardware: 8 GPUs or a TPU v4-32 pod slice; global batch 512 (1,022 negatives per view, the
-similarity matrix spans all devices), 100k steps, bf16 compute. Runtime and the linear-probe
-macro AUROC of the exported encoder: not yet measured (no access to CODE-II here).
+Hardware: 8 GPUs or a TPU v4-32 pod slice; global batch 512 (negatives span the whole global
+batch), 100k steps, bf16 compute. Runtime and linear-probe macro AUROC: not yet measured.
 """
-
-import pathlib
 
 from ml_collections import ConfigDict
 
-from ecgfm.config import load_config
+from ecgfm.experiment import base_config
+from ecgfm.models import model_section
+from ecgfm.objectives import objective_section
 
 
 def get_config() -> ConfigDict:
-    """`code2_resnet.py`'s data, encoder and schedule with the contrastive objective."""
-    config = load_config(pathlib.Path(__file__).with_name("code2_resnet.py"))
-    config.objective = ConfigDict(
-        {
-            "name": "contrastive",
-            "method": "simclr",
-            "view": "",
-            "temperature": 0.1,
-            "projection_hidden": 512,
-            "projection_dim": 128,
-            "augmentations": ("random_crop_resize", "three_kg", "amplitude_scale",
-                              "gaussian_noise", "baseline_wander"),
-            "augment_probability": 0.8,
-        }
+    """CODE-II, the Ribeiro ResNet, SimCLR with ECG augmentations (3KG among them)."""
+    config = base_config()
+    config.data.path = ""  # required: the --data-dir of `ecgfm prepare code`
+    config.data.preprocessing.num_samples = 4096
+    config.data.worker_count = 8
+    config.model = model_section("ribeiro_resnet", input_length=4096, dtype="bfloat16")
+    config.model.hparams.input_length = config.data.preprocessing.get_ref("num_samples")
+    config.objective = objective_section(
+        "contrastive", method="simclr", temperature=0.1, projection_hidden=512,
+        projection_dim=128,
+        augmentations=("random_crop_resize", "three_kg", "amplitude_scale", "gaussian_noise",
+                       "baseline_wander"),
     )  # fmt: skip
-    # The time-based augmentations work in seconds: the data's rate, linked so it cannot drift.
-    config.objective.sampling_rate = config.data.preprocessing.get_ref("sampling_rate")
+    config.optim.learning_rate = 2e-3
+    config.optim.warmup_steps = 2000
+    config.train.steps = 100_000
+    config.train.global_batch_size = 512
+    config.train.log_every = 100
+    config.train.eval_every = 5000
+    config.train.checkpoint_every = 2000
     return config

@@ -1,94 +1,39 @@
-"""Smoke run: a tiny Ribeiro ResNet on synthetic CODE-layout data, end to end in under a minute.
+"""Smoke run: a tiny Ribeiro ResNet on synthetic CODE-layout data, packed and trained in a minute.
 
 Command (CPU is enough):
     ecgfm pretrain --config experiments/configs/smoke.py --workdir /tmp/ecgfm_smoke
 
-Hardware: any CPU (2 cores: ~30–50 s including compilation). The first run writes 192
-synthetic CODE-15%-layout exams into WORKDIR/data. It trains 40 steps of batch 16 on 2.56 s
-windows (1024 samples at 400 Hz), checkpoints every 10 steps, evaluates at steps 20 and 40.
+Hardware: any CPU (2 cores: ≈30–60 s including compilation). The first run writes 192
+synthetic CODE-15%-layout exams into WORKDIR/data and builds them into a packed TFDS dataset
+(synth → prepare, 80/10/10 by patient), then trains 40 steps of batch 16 on 2.56 s windows
+(1024 samples at 400 Hz, random crops of the 7 s / 10 s exams), checkpoints every 10 steps,
+evaluates at steps 20 and 40. With `--config.data.path=DATA_DIR` it trains on what
+`ecgfm prepare code --src … --data-dir DATA_DIR --config experiments/configs/smoke.py` built.
 Expected: finite, decreasing training loss (≈0.69 → ≈0.4); val_macro_auroc is printed but,
-with 40 steps, only loosely above 0.5. Used by the tests and the quick start.
+with 40 steps and 19 validation exams, only loosely above 0.5. Used by the tests.
 """
 
 from ml_collections import ConfigDict
 
-from ecgfm.data.record import LEADS
+from ecgfm.experiment import base_config
+from ecgfm.models import model_section
 
 
 def get_config() -> ConfigDict:
     """The smoke-run configuration."""
-    config = ConfigDict()
-    config.seed = 0
-
-    config.data = ConfigDict()
-    config.data.source = "code_hdf5"
-    config.data.path = ""  # empty: WORKDIR/data
-    config.data.synthetic_exams = 192  # 0: the folder must exist
-    config.data.synthetic_seed = 0
-    config.data.val_fraction = 0.25
-    config.data.split_seed = 0  # patient-level train/validation split
-    # Every `ecgfm.data.preprocessing.Preprocessing` field, so each can be overridden from the
-    # command line (e.g. --config.data.preprocessing.bandpass="(0.5, 40.0)").
-    config.data.preprocessing = ConfigDict(
-        {
-            "sampling_rate": 400.0,
-            "num_samples": 1024,
-            "leads": LEADS,
-            "baseline_cutoff_hz": None,
-            "powerline_hz": None,
-            "bandpass": None,
-            "filter_order": 2,
-            "notch_quality": 30.0,
-            "normalization": "none",
-            "input_units": "mV",
-        }
+    config = base_config()
+    config.data.synthetic_exams = 192  # used while data.path is empty
+    config.data.preprocessing.num_samples = 1024
+    config.model = model_section(
+        "ribeiro_resnet", widths=(8, 16, 16), kernel_size=7, dropout=0.1, input_length=1024
     )
-
-    config.model = ConfigDict()
-    config.model.name = "ribeiro_resnet"
-    config.model.hparams = ConfigDict(
-        {
-            "widths": (8, 16, 16),
-            "kernel_size": 7,
-            "dropout": 0.1,
-            "input_length": 1024,
-            "dtype": "float32",
-        }
-    )
-
-    config.objective = ConfigDict()
-    config.objective.name = "supervised"
-    config.objective.pos_weight = None
-
-    config.optim = ConfigDict()
+    # The flatten head is built for the window: linked, so overriding one moves the other.
+    config.model.hparams.input_length = config.data.preprocessing.get_ref("num_samples")
     config.optim.learning_rate = 3e-3
-    config.optim.schedule = "warmup_cosine"
-    # Counts optimizer updates (train.steps / grad_accum_steps of them); the first update's
-    # learning rate is 0 (see ecgfm/optim.py).
     config.optim.warmup_steps = 5
-    config.optim.end_lr_fraction = 0.01
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.weight_decay = 1e-4
-    config.optim.clip_norm = 1.0
-    config.optim.grad_accum_steps = 1
-
-    config.train = ConfigDict()
     config.train.steps = 40
     config.train.global_batch_size = 16
     config.train.log_every = 1
     config.train.eval_every = 20
     config.train.checkpoint_every = 10
-    config.train.keep_checkpoints = 3
-    config.train.async_checkpoint = True
-
-    config.mesh = ConfigDict({"data": -1, "fsdp": 1, "model": 1})
-    config.distributed = ConfigDict(
-        {"coordinator_address": "", "num_processes": 0, "process_id": -1, "auto": False}
-    )
-    # Another workdir's checkpoints/ to continue from (its step, weights and optimizer state)
-    # when this workdir has none; the data stream continues at that step.
-    config.resume = ""
-    # An `ecgfm export` directory whose encoder initialises a fresh run (the head is new).
-    config.init_from = ""
     return config

@@ -43,7 +43,7 @@ def check_options(name: str, options: Mapping[str, Any]) -> None:
     """Raises ValueError for an unknown dataset or an option that `name`'s builder does not take."""
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
-    unknown = sorted(set(options) - BUILDERS[name].OPTIONS - {"config_name"})
+    unknown = sorted(set(options) - BUILDERS[name].OPTIONS - {"config_name", "compression"})
     if unknown:
         takes = ", ".join(sorted(BUILDERS[name].OPTIONS)) or "none"
         raise ValueError(f"{name} takes no option(s) {unknown}; its options: {takes}")
@@ -58,11 +58,17 @@ def make_builder(
     on_error: OnError = "raise",
     **options: Any,
 ) -> EcgBuilder:
-    """The TFDS builder for `name`, its config made from the source folder (label set etc.)."""
+    """The TFDS builder for `name`, its config made from the source folder (label set etc.).
+
+    Every build records a preprocessing spec; without one, the files' own sampling rate, every
+    lead, no filter and full length (raw millivolts).
+    """
     check_options(name, options)
     if not pathlib.Path(src_dir).is_dir():
         raise EcgFormatError(src_dir, "source folder does not exist")
     module = BUILDERS[name]
+    if preprocessing is None:
+        preprocessing = Preprocessing(sampling_rate=module.NATIVE_SAMPLING_RATE)
     # Options go into metadata.json: paths as strings.
     options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
     config = module.make_config(
@@ -96,8 +102,9 @@ def prepare_dataset(
 
     `options` are dataset-specific: code: `split_file`, `id_column`, `split_column`,
     `fractions`, `seed`; cpsc2018: `split_file`, `seed`; all: `config_name` (default
-    "default"). With `on_error="skip"` bad records are left out and listed, with their ids
-    and reasons, under `skipped` of each split.
+    "default") and `compression` of the shards (`base.COMPRESSIONS`, default "none"). With
+    `on_error="skip"` bad records are left out and listed, with their ids and reasons, under
+    `skipped` of each split.
     """
     builder = make_builder(
         name, src_dir, data_dir, preprocessing=preprocessing, on_error=on_error, **options

@@ -14,6 +14,11 @@ vary per dataset (CODE-II's 66 names are read from its CSV header), so they trav
 `EcgBuilderConfig` that `prepare_dataset` makes from the source folder, fix the feature shapes
 (`labels/<task>`, `label_mask/<task>`: uint8 [K]) and are written into `metadata.json`.
 
+Shards. array_record files, one record per group (random access), compressed as
+`EcgBuilderConfig.compression` says: "none" by default, because int16 ECG barely compresses
+(zstd saves ~10–20 % of the bytes) while decompression is most of the reader's CPU time
+(benchmarks/README.md, "Shard compression").
+
 Order. Records are written in split-plan order (`disable_shuffling`, integer keys), and each
 split's record_id/patient_id list is saved beside the shards (`sources.INDEX_FILE`) inside the
 build's temporary folder, so it is renamed into place with the shards or not at all.
@@ -28,12 +33,21 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core import writer as tfds_writer
 
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import LEADS, EcgFormatError, EcgRecord, SkipLog, handle_bad_record
 from ecgfm.data.sources import ECGFM_METADATA_KEY, INDEX_FILE, multi_hot
 
 VERSION = tfds.core.Version("1.0.0")
+# array_record writer options per shard compression; one record per group, for random access.
+COMPRESSIONS = {
+    "none": "group_size:1,uncompressed",
+    "snappy": "group_size:1,snappy",
+    "zstd": "group_size:1,zstd:3",
+}
+DEFAULT_COMPRESSION = "none"
 MICROVOLT = 1e-3  # mV per count when the values are whole microvolts
 _INT16_MAX = 32767
 
@@ -71,6 +85,7 @@ class EcgBuilderConfig(tfds.core.BuilderConfig):
       preprocessing: `Preprocessing.to_dict()` applied before storage, or None for raw mV.
       on_error: "raise" stops at the first bad record; "skip" leaves it out and reports it.
       options: dataset-specific choices (split file/column, fractions, seed), kept in metadata.
+      compression: of the shards, a key of `COMPRESSIONS`.
     """
 
     tasks: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -78,6 +93,48 @@ class EcgBuilderConfig(tfds.core.BuilderConfig):
     preprocessing: Mapping[str, Any] | None = None
     on_error: str = "raise"
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    compression: str = DEFAULT_COMPRESSION
+
+    @classmethod
+    def create(
+        cls, tasks: Mapping[str, tuple[str, ...]], default_task: str, options: Mapping[str, Any]
+    ) -> EcgBuilderConfig:
+        """A build's config: `options` holds the fields every build has (`config_name`,
+        `preprocessing`, `on_error`, `compression`) and the dataset's own choices."""
+        options = dict(options)
+        return cls(
+            name=options.pop("config_name", "default"),
+            tasks=tasks,
+            default_task=default_task,
+            preprocessing=options.pop("preprocessing", None),
+            on_error=options.pop("on_error", "raise"),
+            compression=options.pop("compression", DEFAULT_COMPRESSION),
+            options=options,
+        )
+
+
+class ShardWriter(tfds_writer.ExampleWriter):
+    """Writes array_record shards with chosen options (TFDS's own writer always uses zstd).
+
+    TFDS's documented hook for custom storage (`DatasetBuilder._example_writer`); it pickles,
+    so distributed (Beam) builds write the same shards.
+    """
+
+    def __init__(self, compression: str):
+        if compression not in COMPRESSIONS:
+            raise ValueError(
+                f"compression must be one of {sorted(COMPRESSIONS)}, not {compression!r}"
+            )
+        super().__init__(file_format=file_adapters.FileFormat.ARRAY_RECORD)
+        self.compression = compression
+
+    def write(self, path: Any, examples: Any) -> None:
+        from array_record.python import array_record_module
+
+        writer = array_record_module.ArrayRecordWriter(str(path), COMPRESSIONS[self.compression])
+        for _, serialized in examples:
+            writer.write(serialized)
+        writer.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +179,9 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {}
 
     # -- shared ---------------------------------------------------------------------------------
+    def _example_writer(self) -> ShardWriter:
+        return ShardWriter(self.builder_config.compression)
+
     @property
     def preprocessing(self) -> Preprocessing | None:
         spec = self.builder_config.preprocessing
@@ -167,7 +227,8 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "default_task": config.default_task,
                     "preprocessing": None if prep is None else prep.to_dict(),
                     "storage": "int16 counts x per-record signal_scale (1e-3 mV = exact µV, "
-                    "else max|x|/32767); real length kept",
+                    "else max|x|/32767); real length kept; array_record shards, compression "
+                    f"{config.compression}",
                     "on_error": config.on_error,
                     "options": dict(config.options),
                     "splits": {},

@@ -20,6 +20,8 @@ from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPla
 
 TASK = "code"
 # The dataset-specific options `make_config` takes (see the module docstring).
+# The rate the files ship at: what a build without a spec stores.
+NATIVE_SAMPLING_RATE = 400.0
 OPTIONS: frozenset[str] = frozenset(
     {"split_file", "id_column", "split_column", "fractions", "seed"}
 )
@@ -35,14 +37,7 @@ def label_columns(root: str | pathlib.Path, split_column: str | None = None) -> 
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
     """A config whose label set is the folder's CSV header."""
     labels = label_columns(root, options.get("split_column"))
-    return EcgBuilderConfig(
-        name=options.pop("config_name", "default"),
-        tasks={TASK: labels},
-        default_task=TASK,
-        preprocessing=options.pop("preprocessing", None),
-        on_error=options.pop("on_error", "raise"),
-        options=options,
-    )
+    return EcgBuilderConfig.create({TASK: labels}, TASK, options)
 
 
 class Builder(EcgBuilder):

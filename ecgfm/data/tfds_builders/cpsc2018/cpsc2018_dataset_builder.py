@@ -25,6 +25,8 @@ from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPla
 
 TASK = "cpsc"
 # The dataset-specific options `make_config` takes (see the module docstring).
+# The rate the files ship at: what a build without a spec stores.
+NATIVE_SAMPLING_RATE = 500.0
 OPTIONS: frozenset[str] = frozenset({"split_file", "seed"})
 
 
@@ -35,14 +37,8 @@ def is_challenge_layout(root: str | pathlib.Path) -> bool:
 
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
     """A config over the nine CPSC classes."""
-    return EcgBuilderConfig(
-        name=options.pop("config_name", "default"),
-        tasks={TASK: CPSC_CLASSES},
-        default_task=TASK,
-        preprocessing=options.pop("preprocessing", None),
-        on_error=options.pop("on_error", "raise"),
-        options={**options, "layout": "challenge" if is_challenge_layout(root) else "cpsc2018"},
-    )
+    layout = "challenge" if is_challenge_layout(root) else "cpsc2018"
+    return EcgBuilderConfig.create({TASK: CPSC_CLASSES}, TASK, {**options, "layout": layout})
 
 
 class Builder(EcgBuilder):

@@ -23,19 +23,16 @@ from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPla
 
 DEFAULT_TASK = "superdiagnostic"
 # No dataset-specific options: the split is the published strat_fold one.
+# The rate the files ship at: what a build without a spec stores.
+NATIVE_SAMPLING_RATE = 500.0
 OPTIONS: frozenset[str] = frozenset()
 
 
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
     """A config with the six task vocabularies of the folder's `scp_statements.csv`."""
     vocabularies = PtbXl(root).vocabularies
-    return EcgBuilderConfig(
-        name=options.pop("config_name", "default"),
-        tasks={t: tuple(vocabularies[t]) for t in TASKS},
-        default_task=DEFAULT_TASK,
-        preprocessing=options.pop("preprocessing", None),
-        on_error=options.pop("on_error", "raise"),
-        options=options,
+    return EcgBuilderConfig.create(
+        {t: tuple(vocabularies[t]) for t in TASKS}, DEFAULT_TASK, options
     )
 
 
