@@ -5,7 +5,7 @@ Each `A0001.mat` holds one struct `ECG` with fields `sex` (char, 'Male'/'Female'
 Recording, First_label, Second_label, Third_label; labels are 1–9 (`CPSC_CLASSES`, index + 1),
 the second and third may be blank.
 
-What the real files show (A1980–A1984 in shared/data/real/cpsc2018):
+What the real files show (A1980–A1984, copied into tests/data/real/cpsc2018):
 - `data` is in millivolts: the 99th percentile of |amplitude| is 0.7–1.0 mV and the maximum
   1.2–2.1 mV, which is an ECG in mV (µV would be ~1000× larger); two of the five files are
   quantised in steps of exactly 0.001 (1 µV).
