@@ -16,9 +16,6 @@ from ml_collections import ConfigDict
 
 log = logging.getLogger(__name__)
 
-# Environments where `jax.distributed.initialize()` finds the coordinator by itself.
-_AUTO_DETECT_ENV = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")
-
 
 def initialize(config: ConfigDict) -> None:
     """Join the process group described by `config.distributed` or the environment.

@@ -78,7 +78,7 @@ class InMemorySource:
     """Elements held in memory: for tests, small datasets and records read once.
 
     Signals are taken as already prepared; `preprocessing` only says how (it is reported, not
-    applied). Use `from_records` to prepare `EcgRecord`s.
+    applied).
     """
 
     def __init__(
@@ -109,25 +109,6 @@ class InMemorySource:
         self._record_ids = tuple(str(r) for r in (record_ids or range(num)))
         self._patient_ids = None if patient_ids is None else tuple(str(p) for p in patient_ids)
         self.preprocessing = preprocessing
-
-    @classmethod
-    def from_records(
-        cls,
-        records: Sequence[EcgRecord],
-        label_names: Sequence[str],
-        preprocessing: Preprocessing | None = None,
-    ) -> InMemorySource:
-        """Prepares each record's signal with `preprocessing`; labels by name."""
-        elements = [element_from_record(r, label_names, preprocessing) for r in records]
-        patients = [r.patient_id for r in records]
-        return cls(
-            [e["signal"] for e in elements],
-            np.stack([e["labels"] for e in elements]) if elements else np.zeros((0, 0)),
-            label_names=label_names,
-            record_ids=[r.record_id for r in records],
-            patient_ids=None if all(p is None for p in patients) else [p or "" for p in patients],
-            preprocessing=preprocessing,
-        )
 
     def __len__(self) -> int:
         return len(self._signals)
