@@ -49,13 +49,14 @@ import dataclasses
 import logging
 import pathlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import h5py
 import numpy as np
 import pandas as pd
 
+from ecgfm.data.reader import Reader
 from ecgfm.data.record import (
     INDEPENDENT_LEADS,
     MAX_AGE_YEARS,
@@ -475,7 +476,45 @@ def _shard_order(path: pathlib.Path) -> tuple[int, str]:
     return (int(match.group(1)) if match else -1, path.name)
 
 
-class CodeDataset:
+def _find(exam_ids: np.ndarray, sorter: np.ndarray, exam_id: str | int) -> int:
+    """Position of `exam_id` (an integer, or its string) in `exam_ids`, or -1."""
+    try:
+        wanted = int(exam_id)
+    except (TypeError, ValueError):
+        return -1
+    k = int(np.searchsorted(exam_ids, wanted, sorter=sorter))
+    if k == len(exam_ids) or exam_ids[sorter[k]] != wanted:
+        return -1
+    return int(sorter[k])
+
+
+class _ExamIdStrings(Sequence[str]):
+    """`[N]` int64 exam ids seen as their strings, made only when asked for.
+
+    CODE-II has ~2.7 M exams: a tuple of their strings would cost ~200 MB in every process.
+    """
+
+    def __init__(self, exam_ids: np.ndarray, sorter: np.ndarray):
+        self._exam_ids = exam_ids
+        self._sorter = sorter
+
+    def __len__(self) -> int:
+        return len(self._exam_ids)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(str(e) for e in self._exam_ids[index].tolist())
+        return str(int(self._exam_ids[index]))
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self._exam_ids), 65536):
+            yield from map(str, self._exam_ids[start : start + 65536].tolist())
+
+    def __contains__(self, record_id: object) -> bool:
+        return isinstance(record_id, str) and _find(self._exam_ids, self._sorter, record_id) >= 0
+
+
+class CodeDataset(Reader):
     """A CODE-15% / CODE-II folder: `exams.csv` and its `exams_part{i}.hdf5` shards.
 
     Opening reads `exams.csv` and each shard's `exam_id` (not the tracings). Bad input raises
@@ -487,6 +526,9 @@ class CodeDataset:
     not an error). A tracing that is all zeros or holds NaN/Inf is found when it is read;
     `num_uneven_padding` counts, in this process, the exams read whose zero runs at the two ends
     differ by more than a sample (see `_unpadded_bounds`).
+
+    Record ids are the exam ids as strings (`record_ids`; `exam_ids` holds them as integers);
+    `read`, `patient_id` also take an integer exam id. `label_names` are the CSV's label columns.
 
     Picklable and cheap to unpickle: the checked table travels as compact arrays (neither the CSV
     nor the shards are read again); open HDF5 files do not travel (workers reopen them lazily).
@@ -589,12 +631,6 @@ class CodeDataset:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_files": {}}
 
-    def __len__(self) -> int:
-        return len(self._table.exam_id)
-
-    def __iter__(self) -> Iterator[EcgRecord]:
-        return self.iter_records()
-
     @property
     def label_names(self) -> tuple[str, ...]:
         """The label columns of `exams.csv`, spelled and ordered as in its header."""
@@ -607,14 +643,18 @@ class CodeDataset:
         ids.flags.writeable = False
         return ids
 
-    def _position(self, exam_id: int) -> int:
-        ids = self._table.exam_id
-        i = int(np.searchsorted(ids, exam_id, sorter=self._sorted))
-        if i == len(ids) or ids[self._sorted[i]] != exam_id:
-            raise KeyError(f"exam {exam_id} is not in {self.root}")
-        return int(self._sorted[i])
+    @property
+    def record_ids(self) -> Sequence[str]:
+        """The exam ids as strings, in CSV order (a view: no string is made until asked for)."""
+        return _ExamIdStrings(self._table.exam_id, self._sorted)
 
-    def patient_id(self, exam_id: int) -> str | None:
+    def _position(self, exam_id: str | int) -> int:
+        i = _find(self._table.exam_id, self._sorted, exam_id)
+        if i < 0:
+            raise KeyError(f"exam {exam_id} is not in {self.root}")
+        return i
+
+    def patient_id(self, exam_id: str | int) -> str | None:
         """The patient id of an exam, as `exams.csv` spells it."""
         return self._table.patient_id[self._position(exam_id)]
 
@@ -636,53 +676,49 @@ class CodeDataset:
         self.num_uneven_padding += record.metadata["padding_surplus"] > 1
         return record
 
-    def read(self, exam_id: int) -> EcgRecord:
+    def read(self, record_id: str | int) -> EcgRecord:
         """One exam as an `EcgRecord` (`[T, 12]` mV at 400 Hz, padding removed)."""
-        i = self._position(exam_id)
+        i = self._position(record_id)
         shard = int(self._shard_index[i])
         tracings = self._file(shard)["tracings"]
         row = int(self._row_index[i])
         return self._record(i, _read_tracing(tracings, row, self.shard_paths[shard]))
 
-    def iter_records(
-        self, on_error: OnError = "raise", skip_log: SkipLog | None = None
-    ) -> Iterator[EcgRecord]:
-        """Every exam, shard by shard in row order, reading blocks of consecutive rows.
+    def _reading_plan(self) -> tuple[Iterable[str], Callable[[str], EcgRecord]]:
+        """Shard by shard in row order, reading blocks of consecutive rows.
 
-        With `on_error="skip"`, a tracing that cannot be read or is all zeros or non-finite is
-        left out and listed in `skip_log` (by default this dataset's `skip_log`).
+        One HDF5 read per block of up to `_READ_BLOCK_ROWS` rows instead of one per exam. A
+        block that cannot be read loses each of its exams (each raises, or is skipped).
         """
-        check_on_error(on_error)
-        return self._iter_records(on_error, self.skip_log if skip_log is None else skip_log)
+        order = np.lexsort((self._row_index, self._shard_index))
+        shard_of, row_of = self._shard_index[order], self._row_index[order]
+        block: dict[str, Any] = {"shard": -1}  # the block read last: shard, rows, tracings
 
-    def _iter_records(self, on_error: OnError, skip_log: SkipLog) -> Iterator[EcgRecord]:
-        for shard in range(len(self.shard_paths)):
-            (positions,) = np.nonzero(self._shard_index == shard)
-            positions = positions[np.argsort(self._row_index[positions], kind="stable")]
-            rows = self._row_index[positions]
-            path = self.shard_paths[shard]
-            tracings = self._file(shard)["tracings"]
-            k = 0
-            while k < len(rows):
-                first = int(rows[k])
-                end = int(np.searchsorted(rows, first + _READ_BLOCK_ROWS))
+        def read(record_id: str) -> EcgRecord:
+            i = self._position(record_id)
+            shard, row = int(self._shard_index[i]), int(self._row_index[i])
+            if block["shard"] != shard or not block["first"] <= row <= block["last"]:
+                # This exam starts a block: its shard's planned rows up to _READ_BLOCK_ROWS on.
+                lo, hi = np.searchsorted(shard_of, [shard, shard + 1])
+                rows = row_of[lo:hi]
+                last = int(rows[np.searchsorted(rows, row + _READ_BLOCK_ROWS) - 1])
+                block.update(shard=shard, first=row, last=last)
                 try:
-                    block = _read_tracing(tracings, slice(first, int(rows[end - 1]) + 1), path)
+                    tracings = self._file(shard)["tracings"]
+                    block["tracings"] = _read_tracing(
+                        tracings, slice(row, last + 1), self.shard_paths[shard]
+                    )
                 except EcgFormatError as err:
-                    for j in range(k, end):
-                        exam_id = int(self._table.exam_id[positions[j]])
-                        lost = EcgFormatError(
-                            path, f"exam {exam_id} (row {rows[j]}): {err.problem}"
-                        )
-                        handle_bad_record(lost, on_error, skip_log)
-                    k = end
-                    continue
-                for j in range(k, end):
-                    try:
-                        yield self._record(int(positions[j]), block[int(rows[j]) - first])
-                    except EcgFormatError as err:
-                        handle_bad_record(err, on_error, skip_log)
-                k = end
+                    block["tracings"] = err
+            if isinstance(block["tracings"], EcgFormatError):
+                exam_id = int(self._table.exam_id[i])
+                raise EcgFormatError(
+                    self.shard_paths[shard],
+                    f"exam {exam_id} (row {row}): {block['tracings'].problem}",
+                )
+            return self._record(i, block["tracings"][row - block["first"]])
+
+        return (str(exam_id) for exam_id in self._table.exam_id[order].tolist()), read
 
     def close(self) -> None:
         """Closes the shards this process opened (they reopen on the next read)."""

@@ -174,7 +174,7 @@ class CodeHdf5Source:
         return len(self._record_ids)
 
     def __getitem__(self, index: int) -> Element:
-        record = self._dataset().read(int(self._record_ids[int(index)]))
+        record = self._dataset().read(self._record_ids[int(index)])
         return element_from_record(record, self.label_names, self.preprocessing)
 
     @property

@@ -308,12 +308,12 @@ def _labelled_splits(
 
 
 def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
-    dataset = PtbXl(root)
+    dataset = PtbXl(root, sampling_rate=spec.sampling_rate)
     labels = dataset.labels(spec.task)
     folds = dataset.database["strat_fold"]
     # The benchmark's classes: every label that occurs in the task (min_samples = 0).
     class_names = tuple(sorted({name for names in labels for name in names}))
-    split_of = {str(i): splits_lib.ptbxl_split_of_fold(folds[i]) for i in dataset.record_ids}
+    split_of = {r: splits_lib.ptbxl_split_of_fold(folds[int(r)]) for r in dataset.record_ids}
     record_ids, multi_hot, dropped = _labelled_splits(
         split_of, lambda record_id: labels[int(record_id)], class_names
     )
@@ -324,7 +324,7 @@ def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
         record_ids=record_ids,
         labels=multi_hot,
         dropped=dropped,
-        read=lambda record_id: dataset.read(record_id, spec.sampling_rate),
+        read=dataset.read,
     )
 
 
