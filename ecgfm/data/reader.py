@@ -19,6 +19,7 @@ stays listed, and reading it raises `EcgFormatError` (or, when iterating with
 from __future__ import annotations
 
 import abc
+import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ecgfm.data.record import EcgRecord, OnError, SkipLog, read_each
@@ -28,6 +29,7 @@ class Reader(abc.ABC):
     """A dataset folder opened for reading.
 
     Attributes:
+      root: the dataset folder.
       record_ids: the ids (strings, as `EcgRecord.record_id`) of the records opening kept, in
         the dataset's order.
       skip_log: what opening skipped with `on_error="skip"`, and by default what `iter_records`
@@ -37,6 +39,7 @@ class Reader(abc.ABC):
         vocabulary), or None where the reader does not check labels against a vocabulary.
     """
 
+    root: pathlib.Path
     record_ids: Sequence[str]
     skip_log: SkipLog
     label_names: tuple[str, ...] | None
