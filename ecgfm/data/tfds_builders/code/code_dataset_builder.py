@@ -13,7 +13,8 @@ import csv
 import pathlib
 from typing import Any
 
-from ecgfm.data.code import CSV_NAME, METADATA_COLUMNS, CodeDataset
+from ecgfm.data.code import CodeDataset
+from ecgfm.data.code_csv import CSV_NAME, METADATA_COLUMNS
 from ecgfm.data.record import EcgFormatError
 from ecgfm.data.splits import DEFAULT_FRACTIONS, patient_split, read_split_file
 from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
