@@ -290,6 +290,8 @@ def test_read_rejects_unknown_ids_and_rates(real_records_root):
         dataset.read(6000)
     with pytest.raises(ValueError, match="100 or 500"):
         dataset.read(1, sampling_rate=250)
+    with pytest.raises(ValueError, match="100 or 500"):
+        ptbxl.PtbXl(real_records_root, sampling_rate=250)
 
 
 # --- The synthetic writer ---------------------------------------------------------------------

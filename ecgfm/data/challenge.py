@@ -34,7 +34,6 @@ from ecgfm.data.record import (
     EcgRecord,
     OnError,
     SkipLog,
-    check_on_error,
     check_signal,
     handle_bad_record,
     parse_age,
@@ -261,9 +260,7 @@ class ChallengeDataset(Reader):
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
-        check_on_error(on_error)
-        self.skip_log = SkipLog() if skip_log is None else skip_log
-        self.root = pathlib.Path(root)
+        super().__init__(root, on_error=on_error, skip_log=skip_log)
         if not self.root.is_dir():
             raise EcgFormatError(self.root, "dataset folder is missing")
         self.vocabulary = None

@@ -40,7 +40,6 @@ from ecgfm.data.record import (
     EcgRecord,
     OnError,
     SkipLog,
-    check_on_error,
     handle_bad_record,
 )
 
@@ -114,10 +113,8 @@ class CodeDataset(Reader):
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
-        check_on_error(on_error)
-        self.root = pathlib.Path(root)
+        super().__init__(root, on_error=on_error, skip_log=skip_log)
         self.csv_path = self.root / CSV_NAME
-        self.skip_log = SkipLog() if skip_log is None else skip_log
         self.num_uneven_padding = 0
         self._files: dict[int, h5py.File] = {}
         table, lines, listed = read_exams_csv(self.csv_path, label_columns, on_error, self.skip_log)

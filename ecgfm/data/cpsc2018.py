@@ -223,9 +223,7 @@ class Cpsc2018(Reader):
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
-        check_on_error(on_error)
-        self.skip_log = SkipLog() if skip_log is None else skip_log
-        self.root = pathlib.Path(root)
+        super().__init__(root, on_error=on_error, skip_log=skip_log)
         if not self.root.is_dir():
             raise EcgFormatError(self.root, "dataset folder is missing")
         self._mat_files: dict[str, pathlib.Path] = {}

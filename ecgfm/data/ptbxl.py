@@ -33,7 +33,6 @@ from ecgfm.data.record import (
     EcgRecord,
     OnError,
     SkipLog,
-    check_on_error,
     check_signal,
     handle_bad_record,
     parse_age,
@@ -354,10 +353,8 @@ class PtbXl(Reader):
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
-        check_on_error(on_error)
+        super().__init__(root, on_error=on_error, skip_log=skip_log)
         self.sampling_rate = _check_sampling_rate(sampling_rate)
-        self.skip_log = SkipLog() if skip_log is None else skip_log
-        self.root = pathlib.Path(root)
         self.scp_statements = load_scp_statements(self.root / SCP_STATEMENTS_FILE)
         self.vocabularies = task_vocabularies(self.scp_statements)
         self.label_names = self.vocabularies["all"]

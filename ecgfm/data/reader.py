@@ -19,10 +19,11 @@ stays listed, and reading it raises `EcgFormatError` (or, when iterating with
 from __future__ import annotations
 
 import abc
+import os
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from ecgfm.data.record import EcgRecord, OnError, SkipLog, read_each
+from ecgfm.data.record import EcgRecord, OnError, SkipLog, check_on_error, read_each
 
 
 class Reader(abc.ABC):
@@ -43,6 +44,12 @@ class Reader(abc.ABC):
     record_ids: Sequence[str]
     skip_log: SkipLog
     label_names: tuple[str, ...] | None
+
+    def __init__(self, root: str | os.PathLike, *, on_error: OnError, skip_log: SkipLog | None):
+        """Checks `on_error` before anything is read; keeps `root` and `skip_log` (new if None)."""
+        check_on_error(on_error)
+        self.root = pathlib.Path(root)
+        self.skip_log = SkipLog() if skip_log is None else skip_log
 
     @abc.abstractmethod
     def read(self, record_id: str) -> EcgRecord:

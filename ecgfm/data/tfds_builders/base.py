@@ -80,6 +80,25 @@ class EcgBuilderConfig(tfds.core.BuilderConfig):
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def make_builder_config(
+    tasks: Mapping[str, tuple[str, ...]], default_task: str, options: Mapping[str, Any]
+) -> EcgBuilderConfig:
+    """A config of `tasks` from `make_builder`'s options.
+
+    `config_name` (default "default"), `preprocessing` and `on_error` become the config's own
+    fields; the rest are the dataset's options, kept in metadata.
+    """
+    options = dict(options)
+    return EcgBuilderConfig(
+        name=options.pop("config_name", "default"),
+        tasks=tasks,
+        default_task=default_task,
+        preprocessing=options.pop("preprocessing", None),
+        on_error=options.pop("on_error", "raise"),
+        options=options,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitPlan:
     """Which record ids go to which split, and how that was decided (for the metadata)."""

@@ -17,7 +17,12 @@ from ecgfm.data.code import CodeDataset
 from ecgfm.data.code_csv import CSV_NAME, METADATA_COLUMNS
 from ecgfm.data.record import EcgFormatError
 from ecgfm.data.splits import DEFAULT_FRACTIONS, patient_split, read_split_file
-from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+from ecgfm.data.tfds_builders.base import (
+    EcgBuilder,
+    EcgBuilderConfig,
+    SplitPlan,
+    make_builder_config,
+)
 
 TASK = "code"
 # The dataset-specific options `make_config` takes (see the module docstring).
@@ -36,14 +41,7 @@ def label_columns(root: str | pathlib.Path, split_column: str | None = None) -> 
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
     """A config whose label set is the folder's CSV header."""
     labels = label_columns(root, options.get("split_column"))
-    return EcgBuilderConfig(
-        name=options.pop("config_name", "default"),
-        tasks={TASK: labels},
-        default_task=TASK,
-        preprocessing=options.pop("preprocessing", None),
-        on_error=options.pop("on_error", "raise"),
-        options=options,
-    )
+    return make_builder_config({TASK: labels}, TASK, options)
 
 
 class Builder(EcgBuilder):

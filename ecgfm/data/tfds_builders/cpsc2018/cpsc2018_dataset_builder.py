@@ -21,7 +21,12 @@ from ecgfm.data.challenge import ChallengeDataset, snomed_to_cpsc
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
 from ecgfm.data.record import EcgFormatError, EcgRecord
 from ecgfm.data.splits import load_split_with_check, make_cpsc2018_split
-from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+from ecgfm.data.tfds_builders.base import (
+    EcgBuilder,
+    EcgBuilderConfig,
+    SplitPlan,
+    make_builder_config,
+)
 
 TASK = "cpsc"
 # The dataset-specific options `make_config` takes (see the module docstring).
@@ -35,14 +40,8 @@ def is_challenge_layout(root: str | pathlib.Path) -> bool:
 
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
     """A config over the nine CPSC classes."""
-    return EcgBuilderConfig(
-        name=options.pop("config_name", "default"),
-        tasks={TASK: CPSC_CLASSES},
-        default_task=TASK,
-        preprocessing=options.pop("preprocessing", None),
-        on_error=options.pop("on_error", "raise"),
-        options={**options, "layout": "challenge" if is_challenge_layout(root) else "cpsc2018"},
-    )
+    layout = "challenge" if is_challenge_layout(root) else "cpsc2018"
+    return make_builder_config({TASK: CPSC_CLASSES}, TASK, {**options, "layout": layout})
 
 
 class Builder(EcgBuilder):

@@ -19,7 +19,12 @@ import tensorflow_datasets as tfds
 from ecgfm.data.ptbxl import TASKS, PtbXl
 from ecgfm.data.record import EcgRecord
 from ecgfm.data.splits import ptbxl_split_of_fold
-from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+from ecgfm.data.tfds_builders.base import (
+    EcgBuilder,
+    EcgBuilderConfig,
+    SplitPlan,
+    make_builder_config,
+)
 
 DEFAULT_TASK = "superdiagnostic"
 # No dataset-specific options: the split is the published strat_fold one.
@@ -29,14 +34,7 @@ OPTIONS: frozenset[str] = frozenset()
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
     """A config with the six task vocabularies of the folder's `scp_statements.csv`."""
     vocabularies = PtbXl(root).vocabularies
-    return EcgBuilderConfig(
-        name=options.pop("config_name", "default"),
-        tasks={t: tuple(vocabularies[t]) for t in TASKS},
-        default_task=DEFAULT_TASK,
-        preprocessing=options.pop("preprocessing", None),
-        on_error=options.pop("on_error", "raise"),
-        options=options,
-    )
+    return make_builder_config({t: tuple(vocabularies[t]) for t in TASKS}, DEFAULT_TASK, options)
 
 
 class Builder(EcgBuilder):
