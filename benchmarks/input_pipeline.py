@@ -179,7 +179,7 @@ def bandpass_costs(src: pathlib.Path, repeats: int) -> tuple[float, float]:
     from ecgfm.data.code import CodeDataset
 
     reader = CodeDataset(src)
-    records = [reader.read(int(e)) for e in reader.exam_ids[:32]]
+    records = [reader.read(e) for e in list(reader.record_ids)[:32]]
     spec = Preprocessing(sampling_rate=400.0, bandpass=(0.5, 40.0))
     start = time.perf_counter()
     for _ in range(repeats):

@@ -11,15 +11,16 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import absl.flags
 import pytest
 
-# grain's worker processes read absl flags; unparsed flags crash them (see shared/STACK.md).
+# grain's worker processes read absl flags: with grain 0.2.18 a worker stops with
+# `UnparsedFlagAccessError ... grain_enable_multiprocess_worker_profiling` unless they are parsed.
 absl.flags.FLAGS.mark_as_parsed()
 
-REAL_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_DATA = pathlib.Path(__file__).resolve().parent / "data" / "real"
 
 
 @pytest.fixture(scope="session")
 def real_data() -> pathlib.Path:
-    """`../shared/data/real`: real records in their shipped formats (read-only)."""
+    """`tests/data/real`: real records in their shipped formats (read-only; see its README)."""
     if not REAL_DATA.is_dir():
         pytest.fail(f"real sample data not found at {REAL_DATA}")
     return REAL_DATA

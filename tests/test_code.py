@@ -573,7 +573,7 @@ def test_uneven_zero_runs_at_the_ends_are_warned_about_and_counted(tmp_path, cap
     write_shard(tmp_path / "exams_part0.hdf5", [9, 0], tracings)
     write_csv(tmp_path, CODE15_HEADER, [csv_row(9, 1)])
     dataset = CodeDataset(tmp_path)
-    with caplog.at_level("WARNING", logger="ecgfm.data.code"):
+    with caplog.at_level("WARNING", logger="ecgfm.data.code_hdf5"):
         record = dataset.read(9)
     np.testing.assert_allclose(record.signal, signal, atol=1e-6)
     assert record.metadata["padding_surplus"] == 52 and dataset.num_uneven_padding == 1

@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from ecgfm.transfer.label_fractions import iterative_stratification, nested_label_fractions
+from ecgfm.data.splits import iterative_stratification
+from ecgfm.transfer.label_fractions import nested_label_fractions
 
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 

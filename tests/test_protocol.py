@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
-from ecgfm.data.synthetic.cpsc2018 import write_cpsc2018_dataset
+from ecgfm.data.challenge import ChallengeDataset
+from ecgfm.data.ptbxl import PtbXl
+from ecgfm.data.synthetic import write_dataset
+from ecgfm.data.synthetic.cpsc2018 import write_challenge_records, write_cpsc2018_dataset
 from ecgfm.metrics import gbeta_thresholds, per_class_auroc, youden_thresholds
 from ecgfm.transfer.protocol import (
     BENCHMARK_WINDOWING,
@@ -15,6 +18,7 @@ from ecgfm.transfer.protocol import (
     aggregate_windows,
     cpsc2018_task,
     cut_windows,
+    labelled_task,
     load_task,
     ptbxl_task,
     run_study,
@@ -81,6 +85,34 @@ def test_cpsc_task_records_whether_its_labels_are_the_ones_the_split_was_made_on
     assert (
         sum(summary["num_records"].values()) + sum(summary["dropped_without_label"].values()) == 60
     )
+
+
+def test_ptbxl_task_keeps_the_records_with_a_label_in_the_task_on_its_folds(tmp_path):
+    root = write_dataset("ptbxl", tmp_path / "ptbxl", num_records=40, seed=3)
+    task = load_task(ptbxl_task("rhythm", 100), root)
+    assert task.dataset_id == f"ptbxl:{root.resolve()}:100Hz"
+    dataset = PtbXl(root)
+    has_label, fold = dataset.has_labels("rhythm"), dataset.database["strat_fold"]
+    for split, folds in (("train", range(1, 9)), ("validation", (9,)), ("test", (10,))):
+        in_split = [i for i in dataset.database.index if fold[i] in folds]
+        assert task.record_ids[split] == [str(i) for i in in_split if has_label[i]]
+        assert task.dropped[split] == sum(not has_label[i] for i in in_split)
+    record = task.read(task.record_ids["train"][0])
+    assert record.sampling_rate == 100 and record.metadata["strat_fold"] <= 8
+
+
+def test_any_reader_becomes_a_labelled_task_with_unlabelled_records_dropped(tmp_path):
+    reader = ChallengeDataset(write_challenge_records(tmp_path, num_records=6, seed=0))
+    ids = list(reader.record_ids)
+    labels = {ids[0]: ("x",), ids[1]: ("y", "x"), ids[2]: (), ids[3]: ("y",), ids[4]: ("z",)}
+    splits = ["train", "train", "train", "validation", "test", "test"]
+    split_of = dict(zip(ids, splits, strict=True))
+    task = labelled_task(cpsc2018_task(), reader, labels, split_of)
+    assert task.class_names == ("x", "y", "z")
+    assert task.record_ids == {"train": ids[:2], "validation": [ids[3]], "test": [ids[4]]}
+    assert task.dropped == {"train": 1, "validation": 0, "test": 1}
+    assert task.labels["train"].tolist() == [[True, False, False], [True, True, False]]
+    assert task.read(ids[4]).record_id == ids[4]
 
 
 class _Oracle:

@@ -144,8 +144,8 @@ def test_task_labels_refuse_unknown_codes_and_tasks(statements):
 
 def test_every_real_head_row_parses(head_root, statements):
     dataset = ptbxl.PtbXl(head_root)
-    assert len(dataset) == 521 and dataset.record_ids[:3] == (1, 2, 3)
-    assert dataset.record_ids[-1] == 547
+    assert len(dataset) == 521 and dataset.record_ids[:3] == ("1", "2", "3")
+    assert dataset.record_ids[-1] == "547"
     for ecg_id, scp_codes in dataset.database["scp_codes"].items():
         assert scp_codes and all(
             isinstance(code, str) and code in statements.index and isinstance(value, float)
@@ -203,7 +203,7 @@ def test_unknown_scp_code_raises_or_is_skipped_and_counted(head_root):
     assert err.value.path == str(path)
     skip_log = SkipLog()
     dataset = ptbxl.PtbXl(head_root, on_error="skip", skip_log=skip_log)
-    assert len(dataset) == 520 and 2 not in dataset.record_ids
+    assert len(dataset) == 520 and "2" not in dataset.record_ids
     assert len(skip_log) == 1 and skip_log.skipped[0][0] == str(path)
 
 
@@ -290,6 +290,8 @@ def test_read_rejects_unknown_ids_and_rates(real_records_root):
         dataset.read(6000)
     with pytest.raises(ValueError, match="100 or 500"):
         dataset.read(1, sampling_rate=250)
+    with pytest.raises(ValueError, match="100 or 500"):
+        ptbxl.PtbXl(real_records_root, sampling_rate=250)
 
 
 # --- The synthetic writer ---------------------------------------------------------------------
@@ -327,9 +329,9 @@ def test_synthetic_database_has_the_real_columns_and_cell_formats(synthetic_root
 
 def test_synthetic_round_trip_at_100_and_500_hz(synthetic_root):
     dataset = ptbxl.PtbXl(synthetic_root)
-    assert len(dataset) == 30
-    records_500 = list(dataset.iter_records(500))
-    records_100 = list(dataset.iter_records(100))
+    assert len(dataset) == 30 and dataset.sampling_rate == 500
+    records_500 = list(dataset.iter_records())
+    records_100 = list(ptbxl.PtbXl(synthetic_root, sampling_rate=100).iter_records())
     assert [r.record_id for r in records_500] == [str(i) for i in range(1, 31)]
     for high, low in zip(records_500, records_100, strict=True):
         assert high.signal.shape == (5000, 12) and low.signal.shape == (1000, 12)
@@ -494,14 +496,14 @@ def test_skip_mode_yields_the_good_records_and_counts_the_bad(broken_root):
     _truncate(_dat(broken_root))
     (broken_root / "records500" / "00000" / "00003_hr.hea").unlink()
     skip_log = SkipLog()
-    records = list(ptbxl.PtbXl(broken_root).iter_records(500, "skip", skip_log))
+    records = list(ptbxl.PtbXl(broken_root).iter_records("skip", skip_log))
     assert [r.record_id for r in records] == ["1"]
     assert [pathlib.Path(where).name for where, _ in skip_log.skipped] == [
         "00002_hr.dat",
         "00003_hr.hea",
     ]
     with pytest.raises(EcgFormatError):
-        list(ptbxl.PtbXl(broken_root).iter_records(500))
+        list(ptbxl.PtbXl(broken_root).iter_records())
 
 
 def test_missing_gain_in_the_reviewers_header_is_refused_not_read_5x_too_large(broken_root):
@@ -527,7 +529,7 @@ def test_skip_mode_keeps_its_own_skip_log_when_none_is_given(head_root):
 def test_iter_records_skips_into_the_datasets_skip_log_by_default(broken_root):
     _truncate(_dat(broken_root))
     dataset = ptbxl.PtbXl(broken_root)
-    records = list(dataset.iter_records(500, "skip"))
+    records = list(dataset.iter_records("skip"))
     assert [r.record_id for r in records] == ["1", "3"]
     assert [pathlib.Path(where).name for where, _ in dataset.skip_log.skipped] == ["00002_hr.dat"]
 
@@ -536,7 +538,7 @@ def test_on_error_typo_is_refused_before_anything_is_read(head_root):
     with pytest.raises(ValueError, match="on_error"):
         ptbxl.PtbXl(head_root, on_error="Skip")
     with pytest.raises(ValueError, match="on_error"):
-        ptbxl.PtbXl(head_root).iter_records(500, "Skip")
+        ptbxl.PtbXl(head_root).iter_records("Skip")
 
 
 def _lines(root):
@@ -550,8 +552,8 @@ def test_malformed_database_row_names_its_line_or_is_skipped(head_root):
     with pytest.raises(EcgFormatError, match="line 4: has 29 fields, the header has 28"):
         ptbxl.PtbXl(head_root)
     dataset = ptbxl.PtbXl(head_root, on_error="skip")
-    assert len(dataset) == 520 and 3 not in dataset.record_ids
-    assert dataset.record_ids[:3] == (1, 2, 4)
+    assert len(dataset) == 520 and "3" not in dataset.record_ids
+    assert dataset.record_ids[:3] == ("1", "2", "4")
     assert len(dataset.skip_log) == 1
 
 
@@ -570,7 +572,7 @@ def test_bad_or_repeated_ecg_id_names_its_line_or_is_skipped(head_root, edit, pr
     with pytest.raises(EcgFormatError, match=re.escape(problem)):
         ptbxl.PtbXl(head_root)
     dataset = ptbxl.PtbXl(head_root, on_error="skip")
-    assert len(dataset) == 520 and dataset.record_ids[:2] == (1, 3)
+    assert len(dataset) == 520 and dataset.record_ids[:2] == ("1", "3")
     assert problem in dataset.skip_log.skipped[0][1]
 
 

@@ -1,6 +1,8 @@
 """Splits: PTB-XL folds, patient-level splits, stratification and the shipped CPSC 2018 split."""
 
 import collections
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -69,6 +71,32 @@ def test_stratified_split_keeps_rare_labels_in_every_split():
         for k in range(4):
             expected = fraction * labels_NK[:, k].sum()
             assert abs(labels_NK[names == name, k].sum() - expected) <= 2
+
+
+def test_stratification_keeps_the_tie_breaking_the_shipped_cpsc_split_was_made_with():
+    # The real REFERENCE.csv is not here, so the shipped file cannot be remade in a test; these
+    # digests were taken from the code that made it. A change to the tie-breaking (or to what
+    # is drawn from the generator) changes them, and would change the shipped split.
+    rng = np.random.default_rng(2018)
+    ids = [f"A{i:04d}" for i in range(1, 501)]
+    chance = np.r_[np.full(460, 0.15), np.zeros(40)]  # 40 records without a label
+    labels = {
+        r: tuple(c for c in "ABCDEFGHI" if rng.random() < p)
+        for r, p in zip(ids, chance, strict=True)
+    }
+
+    def digest(split):
+        return hashlib.sha256(json.dumps(split, sort_keys=True).encode()).hexdigest()
+
+    assert digest(make_cpsc2018_split(labels, record_ids=ids, seed=0)) == (
+        "8451fad5c646fe614726a45a7f359f0e72576854015bdcaf91283094a8b88509"
+    )
+    assert digest(make_cpsc2018_split(labels, record_ids=ids, seed=1)) == (
+        "edd0b858667ec6be71ac420ddc8a03e0fc005f83d78e92de0a61d750007498cf"
+    )
+    assert digest(make_cpsc2018_split(None, record_ids=ids, seed=0)) == (
+        "09715916469d2da60193ef533199abe9391d84273afa270350e7c02d82dacc46"
+    )
 
 
 def test_shipped_cpsc_split_partitions_the_training_set_80_10_10():

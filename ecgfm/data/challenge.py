@@ -21,24 +21,23 @@ import functools
 import importlib.resources
 import pathlib
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import pandas as pd
 
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, CPSC_TO_SNOMED, load_mat
 from ecgfm.data.ptbxl import MASKED_AGE
+from ecgfm.data.reader import Reader
 from ecgfm.data.record import (
     EcgFormatError,
     EcgRecord,
     OnError,
     SkipLog,
-    check_on_error,
     check_signal,
     handle_bad_record,
     parse_age,
     parse_sex,
-    read_each,
     to_canonical_leads,
 )
 from ecgfm.data.wfdb_header import WfdbHeader, digital_to_millivolts, read_wfdb_header
@@ -241,14 +240,15 @@ def snomed_to_cpsc(codes: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in CPSC_CLASSES if name in found)
 
 
-class ChallengeDataset:
+class ChallengeDataset(Reader):
     """Every Challenge-layout record (`X.hea` + `X.mat`) anywhere under `root`.
 
     `check_codes` (default) rejects records whose `# Dx:` codes are not in `vocabulary` (the
     shipped Challenge 2021 tables when None). `record_ids` lists every id that a `.hea` or a
     `.mat` names, so a `.mat` without a header is reported when read, not dropped. A record name
     found in two folders raises, or with `on_error="skip"` keeps the first and lists the other in
-    `skip_log` (a new `SkipLog` when None, also `iter_records`' default).
+    `skip_log` (a new `SkipLog` when None, also `iter_records`' default). `label_names` are the
+    vocabulary's codes, sorted (None without `check_codes`).
     """
 
     def __init__(
@@ -260,9 +260,7 @@ class ChallengeDataset:
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
-        check_on_error(on_error)
-        self.skip_log = SkipLog() if skip_log is None else skip_log
-        self.root = pathlib.Path(root)
+        super().__init__(root, on_error=on_error, skip_log=skip_log)
         if not self.root.is_dir():
             raise EcgFormatError(self.root, "dataset folder is missing")
         self.vocabulary = None
@@ -270,6 +268,7 @@ class ChallengeDataset:
             self.vocabulary = (
                 challenge_vocabulary() if vocabulary is None else frozenset(vocabulary)
             )
+        self.label_names = None if self.vocabulary is None else tuple(sorted(self.vocabulary))
         self._files: dict[str, pathlib.Path] = {}
         for file in sorted([*self.root.rglob("*.hea"), *self.root.rglob("*.mat")]):
             known = self._files.setdefault(file.stem, file.with_suffix(""))
@@ -277,9 +276,6 @@ class ChallengeDataset:
                 repeat = EcgFormatError(file, f"repeats record {file.stem} of {known}")
                 handle_bad_record(repeat, on_error, self.skip_log)
         self.record_ids: tuple[str, ...] = tuple(sorted(self._files))
-
-    def __len__(self) -> int:
-        return len(self.record_ids)
 
     def read(self, record_id: str) -> EcgRecord:
         """Reads one record; raises `EcgFormatError` for a bad record or an unknown code."""
@@ -291,14 +287,3 @@ class ChallengeDataset:
                 record.labels, self.vocabulary, self._files[record_id].with_suffix(".hea")
             )
         return record
-
-    def iter_records(
-        self, on_error: OnError = "raise", skip_log: SkipLog | None = None
-    ) -> Iterator[EcgRecord]:
-        """Yields every record in `record_ids` order; bad ones raise or are skipped and logged.
-
-        Skips are listed in `skip_log`, by default this dataset's `skip_log`.
-        """
-        return read_each(
-            self.read, self.record_ids, on_error, self.skip_log if skip_log is None else skip_log
-        )

@@ -5,7 +5,7 @@ Each `A0001.mat` holds one struct `ECG` with fields `sex` (char, 'Male'/'Female'
 Recording, First_label, Second_label, Third_label; labels are 1–9 (`CPSC_CLASSES`, index + 1),
 the second and third may be blank.
 
-What the real files show (A1980–A1984 in shared/data/real/cpsc2018):
+What the real files show (A1980–A1984, copied into tests/data/real/cpsc2018):
 - `data` is in millivolts: the 99th percentile of |amplitude| is 0.7–1.0 mV and the maximum
   1.2–2.1 mV, which is an ECG in mV (µV would be ~1000× larger); two of the five files are
   quantised in steps of exactly 0.001 (1 µV).
@@ -24,13 +24,14 @@ import csv
 import logging
 import pathlib
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
+from ecgfm.data.reader import Reader
 from ecgfm.data.record import (
     LEADS,
     EcgFormatError,
@@ -43,7 +44,6 @@ from ecgfm.data.record import (
     handle_bad_record,
     parse_age,
     parse_sex,
-    read_each,
 )
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def _reference_row(
     return record_id, tuple(CPSC_CLASSES[int(c) - 1] for c in codes)
 
 
-class Cpsc2018:
+class Cpsc2018(Reader):
     """CPSC 2018 in its original layout: `A*.mat` anywhere under `root`, labels from a reference.
 
     `reference` defaults to `root/REFERENCE.csv`; pass `None` for unlabelled records (e.g. the
@@ -210,8 +210,10 @@ class Cpsc2018:
 
     With `on_error="skip"`, a bad reference row or a record name found twice is left out and
     listed in `skip_log` (a new `SkipLog` when None, also `iter_records`' default); the record
-    of a skipped reference row is left out of `record_ids`.
+    of a skipped reference row is left out of `record_ids`. `label_names` are `CPSC_CLASSES`.
     """
+
+    label_names = CPSC_CLASSES
 
     def __init__(
         self,
@@ -221,9 +223,7 @@ class Cpsc2018:
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
-        check_on_error(on_error)
-        self.skip_log = SkipLog() if skip_log is None else skip_log
-        self.root = pathlib.Path(root)
+        super().__init__(root, on_error=on_error, skip_log=skip_log)
         if not self.root.is_dir():
             raise EcgFormatError(self.root, "dataset folder is missing")
         self._mat_files: dict[str, pathlib.Path] = {}
@@ -243,9 +243,6 @@ class Cpsc2018:
             sorted((self._mat_files.keys() | (self._labels or {}).keys()) - skipped)
         )
 
-    def __len__(self) -> int:
-        return len(self.record_ids)
-
     @property
     def labels_by_record(self) -> Mapping[str, tuple[str, ...]] | None:
         """Record id → class names from the reference (rows kept); None without a reference."""
@@ -264,17 +261,6 @@ class Cpsc2018:
         if record_id not in self._labels:
             raise EcgFormatError(mat, f"record has no row in {self.reference_path}")
         return read_cpsc_mat(mat, self._labels[record_id])
-
-    def iter_records(
-        self, on_error: OnError = "raise", skip_log: SkipLog | None = None
-    ) -> Iterator[EcgRecord]:
-        """Yields every record in `record_ids` order; bad ones raise or are skipped and logged.
-
-        Skips are listed in `skip_log`, by default this dataset's `skip_log`.
-        """
-        return read_each(
-            self.read, self.record_ids, on_error, self.skip_log if skip_log is None else skip_log
-        )
 
 
 def read_cpsc_mat_with_reference(path: str | pathlib.Path) -> EcgRecord:

@@ -21,22 +21,21 @@ import ast
 import math
 import os
 import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ecgfm.data.reader import Reader
 from ecgfm.data.record import (
     EcgFormatError,
     EcgRecord,
     OnError,
     SkipLog,
-    check_on_error,
     check_signal,
     handle_bad_record,
     parse_age,
-    read_each,
     to_canonical_leads,
 )
 from ecgfm.data.tables import read_csv_table
@@ -327,56 +326,56 @@ def _make_record(
     )
 
 
-class PtbXl:
+class PtbXl(Reader):
     """A PTB-XL dataset folder: metadata, the six label tasks, and random access to records.
 
     Every row is parsed and checked on construction; a bad row (too many fields, a bad or
     repeated ecg_id, a bad `scp_codes`, sex, age or strat_fold) raises `EcgFormatError` naming
     the database file and the line or ecg_id, or with `on_error="skip"` is left out of
-    `record_ids` and counted in `skip_log` (a new `SkipLog` when None, also `iter_records`'
-    default). Picklable (plain DataFrames and dicts).
+    `record_ids` and `database` and counted in `skip_log` (a new `SkipLog` when None, also
+    `iter_records`' default). Records are read from the `sampling_rate` files (100 or 500 Hz).
+    Picklable (plain DataFrames and dicts).
 
     Attributes:
       root: the dataset folder.
+      sampling_rate: 100 or 500, the files `read` and `iter_records` read.
       database: `ptbxl_database.csv` indexed by ecg_id, `scp_codes` parsed to dicts.
       scp_statements: `scp_statements.csv` indexed by SCP code.
       vocabularies: task -> sorted label names (`task_vocabularies`).
+      label_names: the 71 SCP codes (`vocabularies["all"]`) that `EcgRecord.labels` holds.
     """
 
     def __init__(
         self,
         root: str | os.PathLike,
         *,
+        sampling_rate: int = 500,
         on_error: OnError = "raise",
         skip_log: SkipLog | None = None,
     ):
-        check_on_error(on_error)
-        self.skip_log = SkipLog() if skip_log is None else skip_log
-        self.root = pathlib.Path(root)
+        super().__init__(root, on_error=on_error, skip_log=skip_log)
+        self.sampling_rate = _check_sampling_rate(sampling_rate)
         self.scp_statements = load_scp_statements(self.root / SCP_STATEMENTS_FILE)
         self.vocabularies = task_vocabularies(self.scp_statements)
+        self.label_names = self.vocabularies["all"]
         database_path = self.root / DATABASE_FILE
         database = _read_database(database_path, on_error, self.skip_log)
         self._labeller = _Labeller(self.scp_statements, database_path)
         parsed, fields = {}, {}
         for ecg_id, row in zip(database.index, database.to_dict("records"), strict=True):
             try:
-                parsed[ecg_id] = self._labeller.scp_codes(ecg_id, row["scp_codes"])
-                fields[ecg_id] = self._labeller.fields(ecg_id, row, parsed[ecg_id])
+                scp_codes = self._labeller.scp_codes(ecg_id, row["scp_codes"])
+                fields[ecg_id] = self._labeller.fields(ecg_id, row, scp_codes)
             except EcgFormatError as err:
                 handle_bad_record(err, on_error, self.skip_log)
+                continue
+            parsed[ecg_id] = scp_codes
+        # Only the rows that parsed completely: a row skipped here is in no record list.
         database = database.loc[list(parsed)].copy()
         database["scp_codes"] = pd.Series(parsed, dtype=object)
         self.database = database
         self._fields = fields
-
-    @property
-    def record_ids(self) -> tuple[int, ...]:
-        """The ecg_ids of the readable rows, in file order."""
-        return tuple(int(i) for i in self.database.index)
-
-    def __len__(self) -> int:
-        return len(self.database)
+        self.record_ids: tuple[str, ...] = tuple(str(i) for i in database.index)
 
     def labels(self, task: str) -> pd.Series:
         """Per ecg_id, the sorted tuple of the record's labels in `task` (may be empty)."""
@@ -395,13 +394,13 @@ class PtbXl:
         """
         return self.labels(task).map(bool).astype(bool)
 
-    def read(self, ecg_id: int | str, sampling_rate: int = 500) -> EcgRecord:
-        """The record with this ecg_id at 100 or 500 Hz."""
-        if sampling_rate not in SAMPLING_RATES:
-            raise ValueError(f"PTB-XL sampling_rate is 100 or 500, not {sampling_rate}")
-        ecg_id = int(ecg_id)
+    def read(self, record_id: str | int, sampling_rate: int | None = None) -> EcgRecord:
+        """The record with this ecg_id, from the `sampling_rate` files (default: the reader's)."""
+        sampling_rate = self.sampling_rate if sampling_rate is None else sampling_rate
+        _check_sampling_rate(sampling_rate)
+        ecg_id = _ecg_id(record_id)
         if ecg_id not in self._fields:
-            raise KeyError(f"ecg_id {ecg_id} is not in {self.root / DATABASE_FILE}")
+            raise KeyError(f"ecg_id {record_id} is not in {self.root / DATABASE_FILE}")
         filename = self.database.at[ecg_id, FILENAME_COLUMN[sampling_rate]]
         if not isinstance(filename, str) or not filename:
             raise EcgFormatError(
@@ -411,22 +410,19 @@ class PtbXl:
         signal_TC = read_wfdb_signal(self.root / filename, sampling_rate)
         return _make_record(signal_TC, sampling_rate, self._fields[ecg_id], filename)
 
-    def iter_records(
-        self,
-        sampling_rate: int = 500,
-        on_error: OnError = "raise",
-        skip_log: SkipLog | None = None,
-    ) -> Iterator[EcgRecord]:
-        """Every record in file order; a bad one raises, or is skipped and logged.
 
-        Skips are listed in `skip_log`, by default this dataset's `skip_log`.
-        """
-        return read_each(
-            lambda ecg_id: self.read(ecg_id, sampling_rate),
-            self.record_ids,
-            on_error,
-            self.skip_log if skip_log is None else skip_log,
-        )
+def _check_sampling_rate(sampling_rate: int) -> int:
+    if sampling_rate not in SAMPLING_RATES:
+        raise ValueError(f"PTB-XL sampling_rate is 100 or 500, not {sampling_rate}")
+    return int(sampling_rate)
+
+
+def _ecg_id(record_id: str | int) -> int:
+    """The ecg_id a record id names (PTB-XL's ids are integers; "17" and 17 are the same)."""
+    try:
+        return int(record_id)
+    except (TypeError, ValueError):
+        return -1  # no such record
 
 
 def read_ptbxl_record(record_path: str | os.PathLike) -> EcgRecord:

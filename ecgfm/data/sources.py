@@ -163,7 +163,7 @@ class CodeHdf5Source:
         self.preprocessing = preprocessing
         dataset = self._dataset()
         self.label_names = tuple(dataset.label_names)
-        known = tuple(str(r) for r in dataset.exam_ids.tolist())
+        known = tuple(dataset.record_ids)
         if record_ids is None:
             self._record_ids = known
         else:
@@ -186,7 +186,7 @@ class CodeHdf5Source:
         return len(self._record_ids)
 
     def __getitem__(self, index: int) -> Element:
-        record = self._dataset().read(int(self._record_ids[int(index)]))
+        record = self._dataset().read(self._record_ids[int(index)])
         return element_from_record(record, self.label_names, self.preprocessing)
 
     @property

@@ -89,6 +89,50 @@ def patient_split(
             for s, name in enumerate(names)}  # fmt: skip
 
 
+def iterative_stratification(
+    labels_NK: np.ndarray,
+    desired_size_S: np.ndarray,
+    desired_SK: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """`[N]` subset index per example, by iterative stratification (Sechidis, Tsoumakas &
+    Vlahavas 2011, "On the stratification of multi-label data", Algorithm 1).
+
+    The rarest remaining class's examples are placed first (ties: the lowest class index), each,
+    in a seeded order, into the subset that most lacks that class (ties: the subset furthest
+    below its size, then a seeded draw); examples without any positive label then fill, in a
+    seeded order, the subset furthest below its size (ties: the first subset).
+    `desired_size_S` and `desired_SK` (`[S]`, `[S, K]`) are the target counts per subset.
+
+    This tie-breaking made the shipped CPSC 2018 split (`make_cpsc2018_split`): changing it, or
+    what is drawn from `rng`, changes that split.
+    """
+    labels_NK = np.asarray(labels_NK, dtype=bool)
+    size_S = np.asarray(desired_size_S, dtype=np.float64).copy()
+    want_SK = np.asarray(desired_SK, dtype=np.float64).copy()
+    num_subsets = size_S.shape[0]
+    subset_of = np.full(labels_NK.shape[0], -1, dtype=np.int64)
+    remaining = np.ones(labels_NK.shape[0], dtype=bool)
+    while True:
+        counts_K = (labels_NK & remaining[:, None]).sum(axis=0)
+        present = np.flatnonzero(counts_K)
+        if present.size == 0:
+            break
+        k = int(present[np.argmin(counts_K[present])])
+        for i in rng.permutation(np.flatnonzero(labels_NK[:, k] & remaining)):
+            # np.lexsort sorts by the last key first: most lacking class k, then size, then luck.
+            s = int(np.lexsort((rng.random(num_subsets), -size_S, -want_SK[:, k]))[0])
+            subset_of[i] = s
+            remaining[i] = False
+            size_S[s] -= 1
+            want_SK[s] -= labels_NK[i]
+    for i in rng.permutation(np.flatnonzero(remaining)):
+        s = int(np.argmax(size_S))
+        subset_of[i] = s
+        size_S[s] -= 1
+    return subset_of
+
+
 def stratified_split(
     record_ids: Sequence[str],
     labels_NK: np.ndarray | None,
@@ -96,38 +140,22 @@ def stratified_split(
     fractions: Mapping[str, float] = DEFAULT_FRACTIONS,
     seed: int = 0,
 ) -> dict[str, str]:
-    """Multi-label iterative stratification (Sechidis et al. 2011): record id → split.
+    """Record id → split by `iterative_stratification`, each split's targets its fraction.
 
-    The rarest label's records are placed first, each into the split that most lacks that
-    label (ties: the split furthest below its size, then a seeded draw). Records without
-    labels (or `labels_NK=None`) then fill each split to its size in a seeded order.
+    Records without labels (or all of them, with `labels_NK=None`) fill each split to its size
+    in a seeded order.
     """
     names, fractions_S = _check_fractions(fractions)
     num = len(record_ids)
     labels_NK = np.zeros((num, 0), bool) if labels_NK is None else np.asarray(labels_NK, bool)
     if labels_NK.shape[0] != num:
         raise ValueError(f"{num} record ids but labels for {labels_NK.shape[0]}")
-    rng = np.random.default_rng(seed)
-    wanted_S = fractions_S * num
-    wanted_SK = fractions_S[:, None] * labels_NK.sum(axis=0)[None, :]
-    split_of = np.full(num, -1)
-    remaining = np.ones(num, bool)
-    while True:
-        counts_K = (labels_NK & remaining[:, None]).sum(axis=0)
-        if not counts_K.any():
-            break
-        k = int(np.argmin(np.where(counts_K > 0, counts_K, np.iinfo(np.int64).max)))
-        for i in rng.permutation(np.flatnonzero(labels_NK[:, k] & remaining)):
-            keys = np.lexsort((rng.random(len(names)), -wanted_S, -wanted_SK[:, k]))
-            s = int(keys[0])
-            split_of[i] = s
-            remaining[i] = False
-            wanted_S[s] -= 1
-            wanted_SK[s] -= labels_NK[i]
-    for i in rng.permutation(np.flatnonzero(remaining)):
-        s = int(np.argmax(wanted_S))
-        split_of[i] = s
-        wanted_S[s] -= 1
+    split_of = iterative_stratification(
+        labels_NK,
+        fractions_S * num,
+        fractions_S[:, None] * labels_NK.sum(axis=0)[None, :],
+        np.random.default_rng(seed),
+    )
     return {str(r): names[s] for r, s in zip(record_ids, split_of, strict=True)}
 
 

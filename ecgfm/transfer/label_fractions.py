@@ -2,11 +2,12 @@
 
 For one seed, `nested_label_fractions` returns index sets with 1 % ⊂ 5 % ⊂ … ⊂ 100 %: it
 walks the fractions from large to small and splits each subset into a kept and a dropped part
-with iterative stratification (Sechidis, Tsoumakas & Vlahavas 2011, "On the stratification of
-multi-label data", Algorithm 1). The kept part's target count for class k is
-`fraction · (positives of k in the whole fold)`, raised to 1 when the parent subset has a
-positive, so every class keeps at least one positive where the parent has one. Subset sizes
-come out within a few records of `fraction · N` (stratification takes precedence over size).
+with `splits.iterative_stratification` (Sechidis, Tsoumakas & Vlahavas 2011, Algorithm 1): the
+same algorithm and tie-breaking that made the CPSC 2018 split. The kept part's target count for
+class k is `fraction · (positives of k in the whole fold)`, raised to 1 when the parent subset
+has a positive, so every class keeps at least one positive where the parent has one. Subset
+sizes come out within a few records of `fraction · N` (stratification takes precedence over
+size).
 """
 
 from __future__ import annotations
@@ -15,47 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ecgfm.data.splits import iterative_stratification
+
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-
-def iterative_stratification(
-    labels_NK: np.ndarray,
-    desired_size_S: np.ndarray,
-    desired_SK: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """`[N]` subset index per example, by Sechidis et al.'s iterative stratification.
-
-    The rarest remaining class's examples are placed first, each into the subset that most
-    lacks that class (ties: the subset furthest below its size, then a seeded draw); examples
-    without any positive label then fill the subsets furthest below their sizes.
-    `desired_size_S` and `desired_SK` (`[S]`, `[S, K]`) are the target counts per subset.
-    """
-    labels_NK = np.asarray(labels_NK, dtype=bool)
-    size_S = np.asarray(desired_size_S, dtype=np.float64).copy()
-    want_SK = np.asarray(desired_SK, dtype=np.float64).copy()
-    num_subsets = size_S.shape[0]
-    subset_of = np.full(labels_NK.shape[0], -1, dtype=np.int64)
-    remaining = np.ones(labels_NK.shape[0], dtype=bool)
-    while True:
-        counts_K = (labels_NK & remaining[:, None]).sum(axis=0)
-        present = np.flatnonzero(counts_K)
-        if present.size == 0:
-            break
-        rarest = present[counts_K[present] == counts_K[present].min()]
-        k = int(rng.choice(rarest))
-        for i in rng.permutation(np.flatnonzero(labels_NK[:, k] & remaining)):
-            # np.lexsort sorts by the last key first: most lacking class k, then size, then luck.
-            s = int(np.lexsort((rng.random(num_subsets), -size_S, -want_SK[:, k]))[0])
-            subset_of[i] = s
-            remaining[i] = False
-            size_S[s] -= 1
-            want_SK[s] -= labels_NK[i]
-    for i in rng.permutation(np.flatnonzero(remaining)):
-        s = int(np.lexsort((rng.random(num_subsets), -size_S))[0])
-        subset_of[i] = s
-        size_S[s] -= 1
-    return subset_of
 
 
 def _check_fractions(fractions: Sequence[float]) -> list[float]:

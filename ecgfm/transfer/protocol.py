@@ -42,6 +42,7 @@ from ecgfm.data import splits as splits_lib
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
 from ecgfm.data.ptbxl import TASKS as PTBXL_TASKS
 from ecgfm.data.ptbxl import PtbXl
+from ecgfm.data.reader import Reader
 from ecgfm.data.record import EcgRecord
 from ecgfm.transfer.label_fractions import nested_label_fractions
 
@@ -291,75 +292,81 @@ def _multi_hot(labels: Sequence[Sequence[str]], class_names: Sequence[str]) -> n
     return out
 
 
-def _labelled_splits(
+def labelled_task(
+    spec: TaskSpec,
+    reader: Reader,
+    labels: Mapping[str, Sequence[str]],
     split_of: Mapping[str, str],
-    labels_of: Callable[[str], Sequence[str]],
-    class_names: Sequence[str],
-) -> tuple[dict[str, list[str]], dict[str, np.ndarray], dict[str, int]]:
-    """Per split (records in `split_of` order): the ids of records with a label in the task,
-    their `[N, K]` multi-hot labels, and how many were dropped for having none."""
+    *,
+    class_names: Sequence[str] | None = None,
+    split_check: str | None = None,
+) -> TaskData:
+    """The records of `reader` with a label in the task, per split (records in `split_of` order).
+
+    `labels` holds each record's labels in the task (a record it lacks has none). As the
+    PTB-XL benchmark does, records without a label are dropped from the task and counted, and
+    the classes are, unless `class_names` fixes them, every label that occurs.
+    """
+    if class_names is None:
+        class_names = sorted({name for r in split_of for name in labels.get(r, ())})
     record_ids, multi_hot, dropped = {}, {}, {}
     for split in SPLITS:
         in_split = [r for r, s in split_of.items() if s == split]
-        kept = [r for r in in_split if labels_of(r)]
+        kept = [r for r in in_split if labels.get(r)]
         record_ids[split] = kept
-        multi_hot[split] = _multi_hot([labels_of(r) for r in kept], class_names)
+        multi_hot[split] = _multi_hot([labels[r] for r in kept], class_names)
         dropped[split] = len(in_split) - len(kept)
-    return record_ids, multi_hot, dropped
-
-
-def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
-    dataset = PtbXl(root)
-    labels = dataset.labels(spec.task)
-    folds = dataset.database["strat_fold"]
-    # The benchmark's classes: every label that occurs in the task (min_samples = 0).
-    class_names = tuple(sorted({name for names in labels for name in names}))
-    split_of = {str(i): splits_lib.ptbxl_split_of_fold(folds[i]) for i in dataset.record_ids}
-    record_ids, multi_hot, dropped = _labelled_splits(
-        split_of, lambda record_id: labels[int(record_id)], class_names
-    )
     return TaskData(
         spec=spec,
-        dataset_id=f"ptbxl:{root.resolve()}:{spec.sampling_rate}Hz",
-        class_names=class_names,
+        dataset_id=f"{spec.dataset}:{reader.root.resolve()}:{spec.sampling_rate}Hz",
+        class_names=tuple(class_names),
         record_ids=record_ids,
         labels=multi_hot,
         dropped=dropped,
-        read=lambda record_id: dataset.read(record_id, spec.sampling_rate),
+        read=reader.read,
+        split_check=split_check,
     )
 
 
+def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
+    """A benchmark task on PTB-XL's own folds, read from the task's 100 or 500 Hz files."""
+    reader = PtbXl(root, sampling_rate=spec.sampling_rate)
+    labels = {str(ecg_id): names for ecg_id, names in reader.labels(spec.task).items()}
+    split_of = {
+        str(ecg_id): splits_lib.ptbxl_split_of_fold(fold)
+        for ecg_id, fold in reader.database["strat_fold"].items()
+    }
+    return labelled_task(spec, reader, labels, split_of)
+
+
 def _load_cpsc2018(spec: TaskSpec, root: pathlib.Path) -> TaskData:
-    dataset = Cpsc2018(root)
-    reference = dataset.labels_by_record
-    split_of, split_check = splits_lib.load_split_with_check(spec.split_file, reference)
-    unsplit = sorted(set(dataset.record_ids) - set(split_of))
+    """The nine classes on the shipped split (or the spec's split file), checked against it."""
+    reader = Cpsc2018(root)
+    labels = reader.labels_by_record
+    split_of, split_check = splits_lib.load_split_with_check(spec.split_file, labels)
+    unsplit = sorted(set(reader.record_ids) - set(split_of))
     if unsplit:
         raise ValueError(
             f"records {unsplit[:5]}{'…' if len(unsplit) > 5 else ''} of {root} are in no split "
             f"of {spec.split_description()}"
         )
-    record_ids, multi_hot, dropped = _labelled_splits(
-        {r: split_of[r] for r in dataset.record_ids},
-        lambda record_id: reference.get(record_id, ()),
-        CPSC_CLASSES,
+    split_of = {r: split_of[r] for r in reader.record_ids}
+    return labelled_task(
+        spec, reader, labels, split_of, class_names=CPSC_CLASSES, split_check=split_check
     )
-    return TaskData(
-        spec=spec,
-        dataset_id=f"cpsc2018:{root.resolve()}:500Hz",
-        class_names=CPSC_CLASSES,
-        record_ids=record_ids,
-        labels=multi_hot,
-        dropped=dropped,
-        read=dataset.read,
-        split_check=split_check,
-    )
+
+
+# How each dataset's task is defined: its reader, its labels and its split.
+_TASKS: dict[str, Callable[[TaskSpec, pathlib.Path], TaskData]] = {
+    "ptbxl": _load_ptbxl,
+    "cpsc2018": _load_cpsc2018,
+}
 
 
 def load_task(spec: TaskSpec, data_root: str | pathlib.Path) -> TaskData:
     """The labelled records of `spec` under `data_root`, split as the protocol says."""
     root = pathlib.Path(data_root)
-    task = _load_ptbxl(spec, root) if spec.dataset == "ptbxl" else _load_cpsc2018(spec, root)
+    task = _TASKS[spec.dataset](spec, root)
     for split in SPLITS:
         if not task.record_ids[split]:
             raise ValueError(f"{spec.name}: the {split} split of {root} has no labelled record")

@@ -3,7 +3,7 @@
 `write_code_dataset` writes `exams.csv` (CODE-15%'s columns, in its order and cell formats) and
 `exams_part{i}.hdf5` shards like the real ones: float32 `tracings` `[N + 1, 4096, 12]` and int64
 `exam_id` `[N + 1]`, leads DI, DII, DIII, AVR, AVL, AVF, V1–V6 at 400 Hz, stored in the real
-files' units (`ecgfm.data.code.MV_PER_STORED_UNIT`), 7 s (2800 samples) and 10 s (4000 samples)
+files' units (`ecgfm.data.code_hdf5.MV_PER_STORED_UNIT`), 7 s (2800 samples) and 10 s (4000 samples)
 exams zero padded to 4096 centred as ecg-preprocessing pads them, and a dummy all-zero row with
 exam_id 0 closing each shard. `exams.csv` lists the exams in another order than the shards hold
 them, as the real one does. Patients have several exams; death and timey are filled only on a
@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 import h5py
 import numpy as np
 
-from ecgfm.data.code import CSV_NAME, METADATA_COLUMNS, MV_PER_STORED_UNIT, SAMPLING_RATE
+from ecgfm.data.code_csv import CSV_NAME, METADATA_COLUMNS
+from ecgfm.data.code_hdf5 import MV_PER_STORED_UNIT, SAMPLING_RATE
 from ecgfm.data.synthetic.generator import CONDITIONS, CONFLICTS, synthesize_ecg
 
 CODE15_LABELS: tuple[str, ...] = ("1dAVb", "RBBB", "LBBB", "SB", "ST", "AF")

@@ -13,10 +13,15 @@ import csv
 import pathlib
 from typing import Any
 
-from ecgfm.data.code import CSV_NAME, METADATA_COLUMNS, CodeDataset
-from ecgfm.data.record import EcgFormatError, EcgRecord
+from ecgfm.data.code import CodeDataset
+from ecgfm.data.code_csv import CSV_NAME, METADATA_COLUMNS
+from ecgfm.data.record import EcgFormatError
 from ecgfm.data.splits import DEFAULT_FRACTIONS, patient_split, read_split_file
-from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+from ecgfm.data.tfds_builders.base import (
+    EcgBuilder,
+    EcgBuilderConfig,
+    SplitPlan,
+)
 
 TASK = "code"
 # The dataset-specific options `make_config` takes (see the module docstring).
@@ -53,7 +58,7 @@ class Builder(EcgBuilder):
 
     def plan_splits(self, reader: CodeDataset) -> SplitPlan:
         options = self.builder_config.options
-        exam_ids = [str(e) for e in reader.exam_ids.tolist()]
+        exam_ids = list(reader.record_ids)
         if options.get("split_file") or options.get("split_column"):
             if options.get("split_file"):
                 split_of = read_split_file(
@@ -79,9 +84,6 @@ class Builder(EcgBuilder):
             return SplitPlan(plan, how)
         fractions = dict(options.get("fractions", DEFAULT_FRACTIONS))
         seed = int(options.get("seed", 0))
-        patients = [reader.patient_id(int(e)) for e in exam_ids]
+        patients = [reader.patient_id(e) for e in exam_ids]
         plan = patient_split(exam_ids, patients, fractions=fractions, seed=seed)
         return SplitPlan(plan, f"patient_split(fractions={fractions}, seed={seed})")
-
-    def read_record(self, reader: CodeDataset, record_id: str) -> EcgRecord:
-        return reader.read(int(record_id))

@@ -21,7 +21,11 @@ from ecgfm.data.challenge import ChallengeDataset, snomed_to_cpsc
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
 from ecgfm.data.record import EcgFormatError, EcgRecord
 from ecgfm.data.splits import load_split_with_check, make_cpsc2018_split
-from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+from ecgfm.data.tfds_builders.base import (
+    EcgBuilder,
+    EcgBuilderConfig,
+    SplitPlan,
+)
 
 TASK = "cpsc"
 # The dataset-specific options `make_config` takes (see the module docstring).

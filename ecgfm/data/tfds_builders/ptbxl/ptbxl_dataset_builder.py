@@ -19,7 +19,11 @@ import tensorflow_datasets as tfds
 from ecgfm.data.ptbxl import TASKS, PtbXl
 from ecgfm.data.record import EcgRecord
 from ecgfm.data.splits import ptbxl_split_of_fold
-from ecgfm.data.tfds_builders.base import EcgBuilder, EcgBuilderConfig, SplitPlan
+from ecgfm.data.tfds_builders.base import (
+    EcgBuilder,
+    EcgBuilderConfig,
+    SplitPlan,
+)
 
 DEFAULT_TASK = "superdiagnostic"
 # No dataset-specific options: the split is the published strat_fold one.
@@ -40,18 +44,15 @@ class Builder(EcgBuilder):
     """PTB-XL records with six label tasks, `strat_fold` and patient id."""
 
     def open_reader(self, root: pathlib.Path) -> PtbXl:
-        return PtbXl(root, on_error=self.builder_config.on_error)
+        prep = self.preprocessing
+        rate = 100 if prep is not None and prep.sampling_rate <= 100 else 500
+        return PtbXl(root, sampling_rate=rate, on_error=self.builder_config.on_error)
 
     def plan_splits(self, reader: PtbXl) -> SplitPlan:
         plan: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
         for ecg_id, fold in reader.database["strat_fold"].items():
             plan[ptbxl_split_of_fold(int(fold))].append(str(ecg_id))
         return SplitPlan(plan, "strat_fold 1-8 train, 9 validation, 10 test")
-
-    def read_record(self, reader: PtbXl, record_id: str) -> EcgRecord:
-        prep = self.preprocessing
-        rate = 100 if prep is not None and prep.sampling_rate <= 100 else 500
-        return reader.read(int(record_id), sampling_rate=rate)
 
     def task_labels(self, record: EcgRecord) -> Mapping[str, tuple[tuple[str, ...], bool]]:
         labels = record.metadata["task_labels"]
