@@ -357,3 +357,71 @@ def test_zip_checkpoint_without_torch_installed_layout(tmp_path):
     assert "torch" not in torch_file.__dict__
     state = read_torch_checkpoint(tmp_path / "bare.pth")
     assert state["pos_embedding"].shape == (1, 14, 32)
+
+
+# ------------------------------------------------------------------ CLI and HF layout
+
+
+def test_cli_imports_inspects_and_shares_as_safetensors_bit_exactly(tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    from ecgfm.cli import main
+
+    torch.save({"model": _st_mem(3).state_dict()}, tmp_path / "st_mem.pth")
+    enc = tmp_path / "enc"
+    assert main(["import", "st_mem", str(tmp_path / "st_mem.pth"), "--out", str(enc),
+                 "--dim-head", "16"]) == 0  # fmt: skip
+    assert main(["inspect", str(enc)]) == 0
+    shown = capsys.readouterr().out
+    assert "licence: MIT" in shown and "250 Hz, 300 samples" in shown
+    assert "bakqui/ST-MEM" in shown and "low-pass 40 Hz" in shown
+
+    hf = tmp_path / "hf"
+    assert main(["export", "--encoder", str(enc), "--out", str(hf), "--format", "safetensors"]) == 0
+    assert sorted(p.name for p in hf.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    card = (hf / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: ecgfm\nlicense: mit\n")
+    assert "Preprocessing contract" in card and "upload_folder" in card
+    arrays = load_file(str(hf / "model.safetensors"))
+    assert (
+        "encoder.params.blocks.0.to_qkv.kernel" in arrays and "head.params.dense.kernel" in arrays
+    )
+
+    original, shared = ecgfm.load_encoder(enc), ecgfm.load_encoder(hf)
+    for a, b in zip(_leaves(original), _leaves(shared), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)  # bit-exact
+    signal = _signal(2, 300)
+    np.testing.assert_array_equal(original(signal, 250), shared(signal, 250))
+    np.testing.assert_array_equal(original.predict(signal, 250), shared.predict(signal, 250))
+    assert main(["inspect", str(hf)]) == 0
+    assert "licence: MIT" in capsys.readouterr().out
+
+
+def _leaves(encoder) -> list[np.ndarray]:
+    import jax
+    from flax import nnx
+
+    modules = [encoder.module] + ([encoder.head] if encoder.head is not None else [])
+    return [np.asarray(x) for m in modules for x in jax.tree.leaves(nnx.state(m))]
+
+
+def test_cli_import_reports_key_errors_plainly(tmp_path, capsys):
+    from ecgfm.cli import main
+
+    torch.save({"model": {"pos_embedding": torch.zeros(1, 4, 8)}}, tmp_path / "bad.pth")
+    assert main(["import", "st_mem", str(tmp_path / "bad.pth"), "--out", str(tmp_path / "o")]) == 2
+    assert "ecgfm import:" in capsys.readouterr().err
+
+
+def test_safetensors_folder_with_a_changed_array_is_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    torch.save({"model": _st_mem().state_dict()}, tmp_path / "st_mem.pth")
+    hf = import_checkpoint("st_mem", tmp_path / "st_mem.pth", tmp_path / "hf", dim_head=16,
+                           layout="safetensors")  # fmt: skip
+    arrays = load_file(str(hf / "model.safetensors"))
+    arrays["encoder.params.norm.scale"] = np.zeros(5, np.float32)
+    del arrays["encoder.params.norm.bias"]
+    save_file(arrays, str(hf / "model.safetensors"))
+    with pytest.raises(CheckpointKeyError, match=r"missing keys \(1\): encoder.params.norm.bias"):
+        ecgfm.load_encoder(hf)

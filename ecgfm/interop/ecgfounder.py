@@ -22,6 +22,7 @@ import numpy as np
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.interop.base import Imported, sha256
 from ecgfm.interop.convert import Entry, abstract_classifier, fill
+from ecgfm.interop.keys import architecture_key_error
 from ecgfm.interop.torch_file import find_state_dict, read_torch_checkpoint
 
 _BN_ARRAYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -111,7 +112,12 @@ def read(src: str | pathlib.Path, *, use_bn: bool | None = None, stride: int = 2
     src = pathlib.Path(src)
     state = find_state_dict(read_torch_checkpoint(src), ("state_dict", "model"))
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    hparams, num_classes = infer_hparams(state, stride=stride)
+    try:
+        hparams, num_classes = infer_hparams(state, stride=stride)
+    except KeyError as error:
+        raise architecture_key_error(
+            str(src), error, state, "expected ECGFounder net1d.py Net1D keys"
+        ) from None
     bn_keys = _bn_keys(state)
     trained_bn = not _bn_untouched(state, bn_keys)
     hparams["use_bn"] = trained_bn if use_bn is None else use_bn

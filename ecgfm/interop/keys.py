@@ -53,3 +53,11 @@ def check_state_dict(
     ]
     if missing or unexpected or mis_shaped:
         raise CheckpointKeyError(source, missing, unexpected, mis_shaped, hint)
+
+
+def architecture_key_error(source: str, error: KeyError, state: Mapping, hint: str) -> Exception:
+    """A `CheckpointKeyError` for a key the architecture is read from but the file lacks."""
+    present = ", ".join(sorted(state)[:8]) + (", …" if len(state) > 8 else "")
+    return CheckpointKeyError(
+        source, [str(error.args[0])], [], [], f"{hint}; the file has {len(state)} keys: {present}"
+    )

@@ -26,6 +26,7 @@ import numpy as np
 from ecgfm.data.preprocessing import CODE_400HZ, Preprocessing
 from ecgfm.interop.base import Imported, sha256
 from ecgfm.interop.convert import Entry, abstract_classifier, fill
+from ecgfm.interop.keys import architecture_key_error
 from ecgfm.interop.torch_file import find_state_dict, read_torch_checkpoint
 
 CODE_LABELS = ["1dAVb", "RBBB", "LBBB", "SB", "AF", "ST"]
@@ -344,7 +345,12 @@ def read_torch(src: str | pathlib.Path, config: str | pathlib.Path | None = None
         src = src / "model.pth"
     run_config = json.loads(pathlib.Path(config).read_text()) if config else {}
     state = find_state_dict(read_torch_checkpoint(src), ("model", "state_dict"))
-    hparams, num_classes = _torch_hparams(state, run_config)
+    try:
+        hparams, num_classes = _torch_hparams(state, run_config)
+    except KeyError as error:
+        raise architecture_key_error(
+            str(src), error, state, "expected antonior92/ecg-age-prediction resnet.py ResNet1d keys"
+        ) from None
     params, model_state = abstract_classifier("ribeiro_resnet", hparams, num_classes)
     ignored = [k for k in state if k.endswith("num_batches_tracked")]
     params, model_state = fill(

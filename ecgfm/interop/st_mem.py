@@ -16,6 +16,7 @@ import re
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.interop.base import Imported, sha256
 from ecgfm.interop.convert import Entry, abstract_classifier, fill
+from ecgfm.interop.keys import architecture_key_error
 from ecgfm.interop.torch_file import find_state_dict, read_torch_checkpoint
 
 _PRETRAINING_ONLY = ("decoder", "mask_embedding", "decoder_")
@@ -87,7 +88,12 @@ def read(src: str | pathlib.Path, *, dim_head: int = 64) -> Imported:
     if any(k.startswith("encoder.") for k in state):  # a whole ST-MEM pretraining model
         dropped = sorted(k for k in state if not k.startswith("encoder."))
         state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-    hparams = infer_hparams(state, dim_head=dim_head)
+    try:
+        hparams = infer_hparams(state, dim_head=dim_head)
+    except KeyError as error:
+        raise architecture_key_error(
+            str(src), error, state, "expected bakqui/ST-MEM st_mem_vit.py ST_MEM_ViT keys"
+        ) from None
     with_head = "head.weight" in state
     num_classes = int(state["head.weight"].shape[0]) if with_head else 1
     params, model_state = abstract_classifier("st_mem_vit", hparams, num_classes)
