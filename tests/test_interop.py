@@ -425,3 +425,20 @@ def test_safetensors_folder_with_a_changed_array_is_refused(tmp_path):
     save_file(arrays, str(hf / "model.safetensors"))
     with pytest.raises(CheckpointKeyError, match=r"missing keys \(1\): encoder.params.norm.bias"):
         ecgfm.load_encoder(hf)
+
+
+def test_imported_families_train_with_ecgfm_optimiser():
+    """Fine-tuning reads parameter names for weight decay: the originals' names are known."""
+    from flax import nnx
+
+    from ecgfm.models import build_model
+    from ecgfm.optim import weight_decay_mask
+
+    for name, hparams in [
+        ("st_mem_vit", {"seq_len": 150, "patch_size": 25, "width": 16, "depth": 1,
+                        "mlp_dim": 16, "heads": 2, "dim_head": 8}),
+        ("net1d", {"base_filters": 8, "filter_list": [8], "m_blocks_list": [1],
+                   "groups_width": 4, "use_bn": True}),
+    ]:  # fmt: skip
+        model = build_model(name, hparams, 3, rngs=nnx.Rngs(0))
+        weight_decay_mask(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
