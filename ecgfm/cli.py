@@ -21,12 +21,23 @@ def _inspect(args: argparse.Namespace) -> int:
     from ecgfm.data.summary import summarize_path
 
     for path in args.paths:
+        if _is_encoder(path):
+            summary = _encoder_summary(pathlib.Path(path))
+            print(json.dumps(summary) if args.json else _format_encoder(summary), flush=True)
+            continue
         summary = summarize_path(path)
         if args.json:
             print(json.dumps(summary), flush=True)
         else:
             print(_format_summary(summary), flush=True)
     return 0
+
+
+def _is_encoder(path: str) -> bool:
+    folder = pathlib.Path(path)
+    return (folder / "ecgfm_encoder.json").is_file() or (
+        (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    )
 
 
 def _format_built_dataset(summary: dict) -> str:
@@ -162,10 +173,69 @@ def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from ecgfm.export import export_encoder
+    from ecgfm.export import convert_encoder, export_encoder
 
-    print(f"exported encoder to {export_encoder(args.workdir, args.out)}")
+    if (args.workdir is None) == (args.encoder is None):
+        print(
+            "ecgfm export: give --workdir (a training run) or --encoder (a folder)", file=sys.stderr
+        )
+        return 2
+    if args.workdir is not None:
+        out = export_encoder(args.workdir, args.out, layout=args.format)
+    else:
+        out = convert_encoder(args.encoder, args.out, layout=args.format)
+    print(f"exported encoder ({args.format} layout) to {out}")
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ecgfm.interop import CheckpointKeyError, UnsafeCheckpointError, import_checkpoint
+
+    options = {}
+    if args.config is not None:
+        options["config"] = args.config
+    if args.use_bn is not None:
+        options["use_bn"] = args.use_bn == "true"
+    if args.dim_head is not None:
+        options["dim_head"] = args.dim_head
+    try:
+        out = import_checkpoint(args.format, args.src, args.out, layout=args.layout, **options)
+    except (CheckpointKeyError, UnsafeCheckpointError, ValueError, FileNotFoundError) as error:
+        print(f"ecgfm import: {error}", file=sys.stderr)
+        return 2
+    print(_format_encoder(_encoder_summary(out)))
+    print(f"imported {args.src} ({args.format}) to {out}")
+    return 0
+
+
+def _encoder_summary(path: pathlib.Path) -> dict:
+    from ecgfm.export import read_spec
+
+    return {"path": str(path), "format": "ecgfm encoder", "spec": read_spec(path)}
+
+
+def _format_encoder(summary: dict) -> str:
+    from ecgfm.data.preprocessing import Preprocessing
+
+    spec = summary["spec"]
+    pre = spec.get("preprocessing")
+    lines = [
+        f"{summary['path']}  [ecgfm encoder: {spec.get('title') or spec['model']}]",
+        f"  architecture: {spec['model']} {json.dumps(spec['hparams'])}",
+        f"  input: {Preprocessing.from_dict(pre).describe() if pre else 'raw millivolts'}",
+        f"  objective: {spec.get('objective')}; training data: {spec.get('training_data')}",
+        f"  licence: {spec.get('license') or 'not stated (ecgfm export: the project licence)'}",
+    ]
+    if spec.get("label_names"):
+        lines.append(f"  labels ({len(spec['label_names'])}): {', '.join(spec['label_names'])}")
+    if spec.get("head"):
+        head = spec["head"]
+        lines.append(f"  original head: {head['num_classes']} outputs, {head.get('activation')}")
+    for key, value in (spec.get("source") or {}).items():
+        lines.append(f"  source {key}: {value}")
+    for note in spec.get("preprocessing_notes") or []:
+        lines.append(f"  contract: {note}")
+    return "\n".join(lines)
 
 
 def _task_spec(args: argparse.Namespace):
@@ -362,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="summarise ECG records or a built dataset",
         description="Summarises each PATH: a CPSC 2018 `A0001.mat`, a Challenge `X.hea`/`X.mat`, "
         "a PTB-XL record (`.../records500/00000/00001_hr`), `FILE.hdf5#EXAM_ID` for a CODE exam, "
-        "or a dataset built by `ecgfm prepare` (DATA_DIR/NAME).",
+        "a dataset built by `ecgfm prepare` (DATA_DIR/NAME), or an encoder folder (`ecgfm "
+        "export`/`ecgfm import`: architecture, input contract, sources and licence).",
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON object per line per PATH")
@@ -448,10 +519,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, type=pathlib.Path)
     p.set_defaults(run=_pretrain, takes_overrides=True)
 
-    p = commands.add_parser("export", help="write a shareable, self-describing encoder")
-    p.add_argument("--workdir", required=True, type=pathlib.Path)
+    p = commands.add_parser(
+        "export",
+        help="write a shareable, self-describing encoder",
+        description="Writes the encoder of a training run (--workdir), or rewrites an encoder "
+        "folder (--encoder), to OUT: Orbax arrays + ecgfm_encoder.json + model card, or with "
+        "--format safetensors the Hugging Face layout (config.json, model.safetensors, "
+        "README.md) that ecgfm.load_encoder reads without running code from it.",
+    )
+    p.add_argument("--workdir", type=pathlib.Path, help="a training run (`ecgfm pretrain`)")
+    p.add_argument("--encoder", type=pathlib.Path, help="an encoder folder (export or import)")
     p.add_argument("--out", required=True, type=pathlib.Path)
+    p.add_argument("--format", choices=("orbax", "safetensors"), default="orbax")
     p.set_defaults(run=_export)
+
+    p = commands.add_parser(
+        "import",
+        help="turn a published checkpoint into an ecgfm encoder folder",
+        description="Reads a published ECG encoder's checkpoint as its original repository "
+        "writes it and writes the folder `ecgfm export` writes (so load_encoder, probe and "
+        "finetune take it), with the preprocessing contract, sources and licence in its model "
+        "card and the original classifier in head/. Every key and shape is checked first; "
+        "mismatches are listed. PyTorch files are read without PyTorch and without running "
+        "pickled code. Formats: ribeiro_keras (automatic-ecg-diagnosis model.hdf5), "
+        "ribeiro_torch (ecg-age-prediction model.pth, or its folder with config.json), "
+        "ecgfounder (ECGFounder .pth), st_mem (ST-MEM .pth).",
+    )
+    p.add_argument("format", choices=("ribeiro_keras", "ribeiro_torch", "ecgfounder", "st_mem"))
+    p.add_argument("src", type=pathlib.Path, metavar="SRC", help="the published file")
+    p.add_argument("--out", required=True, type=pathlib.Path, help="encoder folder to write")
+    p.add_argument("--layout", choices=("orbax", "safetensors"), default="orbax")
+    p.add_argument("--config", type=pathlib.Path, help="ribeiro_torch: the run's config.json")
+    p.add_argument(
+        "--use-bn", choices=("true", "false"),
+        help="ecgfounder: apply BatchNorm (default: only if the file's BatchNorm was trained)",
+    )  # fmt: skip
+    p.add_argument("--dim-head", type=int, help="st_mem: width per attention head (64)")
+    p.set_defaults(run=_import)
 
     p = commands.add_parser(
         "probe",

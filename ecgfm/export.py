@@ -7,6 +7,7 @@ spec, label vocabulary, training data summary) and a model card `README.md`.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import shutil
@@ -25,6 +26,8 @@ from ecgfm.experiment import Experiment
 
 SPEC_FILE = "ecgfm_encoder.json"
 FORMAT_VERSION = 1
+LAYOUTS = ("orbax", "safetensors")
+HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"
 
 
 def _on_one_device(tree: Any) -> Any:
@@ -46,8 +49,13 @@ def _abstract_encoder(exp: Experiment, num_classes: int) -> dict[str, Any]:
     }
 
 
-def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> pathlib.Path:
+def export_encoder(
+    workdir: str | pathlib.Path, out_dir: str | pathlib.Path, *, layout: str = "orbax"
+) -> pathlib.Path:
     """Write the latest checkpoint's encoder (head dropped) with its spec and model card.
+
+    `layout`: "orbax" (`encoder/` arrays + `ecgfm_encoder.json`) or "safetensors" (the Hugging
+    Face layout); see `write_encoder`.
 
     Only the encoder's arrays and the step are read from the checkpoint (not the head or the
     optimizer's moments), onto this process's first device.
@@ -67,20 +75,6 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
     state = checkpoint.restore_state(
         workdir / checkpoint.CHECKPOINT_DIR, _on_one_device(target), partial=True
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # Orbax refuses an existing destination: write beside the old arrays, then swap, so that
-    # exporting again (after more training, or a rerun of the demo) replaces them.
-    partial, arrays = out_dir / "encoder.partial", out_dir / "encoder"
-    shutil.rmtree(partial, ignore_errors=True)
-    checkpoint.save_tree(
-        partial,
-        {
-            "params": state["params"]["encoder"],
-            "model_state": state.get("model_state", {}).get("encoder", encoder["model_state"]),
-        },
-    )
-    shutil.rmtree(arrays, ignore_errors=True)
-    partial.rename(arrays)
     spec = {
         "format_version": FORMAT_VERSION,
         **exp.model.to_dict(),
@@ -94,37 +88,126 @@ def export_encoder(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) -> 
         "trained_steps": int(state["step"]),
         "objective": exp.objective_name,
     }
+    params = state["params"]["encoder"]
+    model_state = state.get("model_state", {}).get("encoder", encoder["model_state"])
+    return write_encoder(out_dir, params, model_state, spec, layout=layout)
+
+
+def _save_replacing(path: pathlib.Path, tree: Any) -> None:
+    # Orbax refuses an existing destination: write beside the old arrays, then swap, so that
+    # exporting again (after more training, or a rerun of the demo) replaces them.
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    checkpoint.save_tree(partial, tree)
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
+
+
+def write_encoder(
+    out_dir: str | pathlib.Path,
+    params: Any,
+    model_state: Any,
+    spec: dict,
+    *,
+    head_params: Any = None,
+    layout: str = "orbax",
+) -> pathlib.Path:
+    """Write an encoder folder: `encoder/` arrays, `ecgfm_encoder.json` and the model card.
+
+    `layout="safetensors"` writes the Hugging Face layout instead (`config.json`,
+    `model.safetensors`, README.md with a metadata header); `load_encoder` reads both.
+
+    `params`/`model_state` are the encoder's pure dicts (`nnx.to_pure_dict`), `spec` the JSON
+    that `load_encoder` builds the architecture from. `head_params`, when given, are the
+    parameters of the family's head with `spec["head"]["num_classes"]` outputs (an imported
+    model's own classifier), written to `head/` so that `Encoder.predict` reproduces the
+    original's outputs; training never reads them.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if head_params is not None and "head" not in spec:
+        raise ValueError("head_params given without spec['head'] (num_classes, activation)")
+    if layout == "safetensors":
+        return _write_safetensors(out_dir, params, model_state, spec, head_params)
+    _save_replacing(out_dir / "encoder", {"params": params, "model_state": model_state})
+    if head_params is not None:
+        _save_replacing(out_dir / "head", {"params": head_params})
+    else:
+        shutil.rmtree(out_dir / "head", ignore_errors=True)
     (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
-    (out_dir / "README.md").write_text(_model_card(spec))
+    (out_dir / "README.md").write_text(model_card(spec))
     return out_dir
 
 
-def _model_card(spec: dict) -> str:
+def model_card(spec: dict) -> str:
+    """The README.md of an encoder folder: what it is, its input contract, source, licence."""
     pre = spec["preprocessing"]
-    return f"""# ecgfm encoder: {spec["model"]}
-
-- Objective: {spec["objective"]}, {spec["trained_steps"]} steps.
-- Training data: {spec["training_data"]}.
-- Labels seen in training ({len(spec["label_names"])}): {", ".join(spec["label_names"])}.
-- Input: {Preprocessing.from_dict(pre).describe() if pre else "raw millivolts"}.
-- Hyperparameters: `{json.dumps(spec["hparams"])}`.
-
-```python
-import ecgfm
-encoder = ecgfm.load_encoder("this/directory")
-embedding_BD = encoder(signal_BTC, sampling_rate={pre["sampling_rate"] if pre else "..."})
-```
-
-Input at another sampling rate, length or lead count is refused (ValueError); prepare it with
-`encoder.preprocessing` first. The classification head was dropped.
-"""
+    source = spec.get("source") or {}
+    steps = spec.get("trained_steps")
+    trained = f", {steps} steps" if steps is not None else ""
+    lines = [f"# ecgfm encoder: {spec.get('title') or spec['model']}", ""]
+    if spec.get("summary"):
+        lines += [spec["summary"], ""]
+    lines += [
+        f"- Architecture: `{spec['model']}` (`ecgfm.models.MODELS`).",
+        f"- Objective: {spec.get('objective')}{trained}.",
+        f"- Training data: {spec.get('training_data')}.",
+    ]
+    labels = spec.get("label_names") or []
+    if labels:
+        lines.append(f"- Labels ({len(labels)}): {', '.join(labels)}.")
+    lines += [
+        f"- Input: {Preprocessing.from_dict(pre).describe() if pre else 'raw millivolts'}.",
+        f"- Hyperparameters: `{json.dumps(spec['hparams'])}`.",
+    ]
+    if spec.get("license"):
+        lines.append(f"- Licence: {spec['license']}.")
+    if source:
+        lines += ["", "## Source", ""]
+        lines += [f"- {key}: {value}" for key, value in source.items()]
+    notes = spec.get("preprocessing_notes") or []
+    if notes:
+        lines += ["", "## Preprocessing contract", ""]
+        lines += [f"- {note}" for note in notes]
+    head = spec.get("head")
+    if head:
+        lines += [
+            "",
+            "## The original classifier",
+            "",
+            f"`encoder.predict(signal, sampling_rate)` gives the original head's "
+            f"{head['num_classes']} outputs ({head.get('activation', 'none')} applied): "
+            f"{head.get('meaning', '')}",
+        ]
+    for key in ("parity", "metrics"):
+        if spec.get(key):
+            lines += ["", f"## {key.capitalize()}", "", f"{spec[key]}"]
+    rate = pre["sampling_rate"] if pre else "..."
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import ecgfm",
+        'encoder = ecgfm.load_encoder("this/directory")',
+        f"embedding_BD = encoder(signal_BTC, sampling_rate={rate})",
+        "```",
+        "",
+        "Input at another sampling rate, length or lead count is refused (ValueError); prepare "
+        "it with `encoder.preprocessing` first.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 class Encoder:
     """A loaded encoder: `encoder(signal, sampling_rate)` gives embeddings `[B, D]`."""
 
-    def __init__(self, module: nnx.Module, spec: dict):
+    def __init__(self, module: nnx.Module, spec: dict, head: nnx.Module | None = None):
         self.module = module
+        self.head = head
         self.config = spec
         pre = spec.get("preprocessing")
         self.preprocessing = Preprocessing.from_dict(pre) if pre else None
@@ -162,34 +245,201 @@ class Encoder:
         features = np.asarray(out.features_BND)
         return features[0] if single else features
 
+    def predict(self, signal: np.ndarray, sampling_rate: float) -> np.ndarray:
+        """The original classifier's outputs `[B, K]` (activation applied), for imported models.
+
+        Only encoders that carry their source's head (`spec["head"]`) have one; the outputs
+        are named by `label_names` where the source publishes them.
+        """
+        if self.head is None:
+            raise ValueError("this encoder has no classification head (spec['head'] absent)")
+        out, single = self._encode(signal, sampling_rate)
+        logits = np.asarray(self.head(out, train=False))
+        activation = self.config["head"].get("activation", "none")
+        if activation == "sigmoid":
+            logits = 1.0 / (1.0 + np.exp(-logits))
+        elif activation == "softmax":
+            logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            logits = logits / logits.sum(axis=-1, keepdims=True)
+        return logits[0] if single else logits
+
     __call__ = embed
 
 
 def read_spec(path: str | pathlib.Path) -> dict:
-    """The `ecgfm_encoder.json` of an exported encoder."""
+    """The spec of an encoder folder (`ecgfm_encoder.json`, or the HF layout's config.json)."""
     path = pathlib.Path(path)
     spec_path = path / SPEC_FILE
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{path} is not an exported ecgfm encoder (no {SPEC_FILE})")
-    return json.loads(spec_path.read_text())
+    if spec_path.is_file():
+        return json.loads(spec_path.read_text())
+    if (path / HF_CONFIG).is_file() and (path / HF_WEIGHTS).is_file():
+        config = json.loads((path / HF_CONFIG).read_text())
+        if isinstance(config.get("ecgfm"), dict):
+            return config["ecgfm"]
+        raise ValueError(f"{path / HF_CONFIG} is not an ecgfm encoder's (no 'ecgfm' entry)")
+    raise FileNotFoundError(
+        f"{path} is not an exported ecgfm encoder (no {SPEC_FILE}, nor {HF_CONFIG} + "
+        f"{HF_WEIGHTS}); to use a published checkpoint, `ecgfm import` it first"
+    )
+
+
+def is_safetensors_folder(path: str | pathlib.Path) -> bool:
+    """Whether `path` is an encoder in the Hugging Face layout (not the Orbax one)."""
+    path = pathlib.Path(path)
+    return not (path / SPEC_FILE).is_file() and (path / HF_WEIGHTS).is_file()
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= _flatten(value, name + ".")
+        else:
+            flat[name] = value
+    return flat
+
+
+def _fill(target: Any, flat: dict[str, np.ndarray], source: str, prefix: str) -> Any:
+    """`target`'s structure with each leaf taken from `flat` by its dotted path; checks all."""
+    from ecgfm.interop.keys import check_state_dict
+
+    expected = {k: tuple(v.shape) for k, v in _flatten(target, prefix).items()}
+    mine = {k: v for k, v in flat.items() if k.startswith(prefix)}
+    check_state_dict(mine, expected, source)
+    for key, leaf in _flatten(target, prefix).items():
+        if np.dtype(mine[key].dtype) != np.dtype(leaf.dtype):
+            raise ValueError(f"{source}: {key} is {mine[key].dtype}, expected {leaf.dtype}")
+
+    def fill(tree: Any, pre: str) -> Any:
+        return {
+            k: fill(v, f"{pre}{k}.") if isinstance(v, dict) else mine[f"{pre}{k}"]
+            for k, v in tree.items()
+        }
+
+    return fill(target, prefix)
+
+
+def _write_safetensors(
+    out_dir: pathlib.Path, params: Any, model_state: Any, spec: dict, head_params: Any
+) -> pathlib.Path:
+    from safetensors.numpy import save_file
+
+    tree = {"encoder": {"params": params, "model_state": model_state}}
+    if head_params is not None:
+        tree["head"] = {"params": head_params}
+    flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in _flatten(tree).items()}
+    partial = out_dir / (HF_WEIGHTS + ".partial")
+    save_file(flat, str(partial), metadata={"format": "np", "library": "ecgfm"})
+    partial.replace(out_dir / HF_WEIGHTS)
+    config = {"library_name": "ecgfm", "model_type": spec["model"], "ecgfm": spec}
+    (out_dir / HF_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    front = [
+        "---",
+        "library_name: ecgfm",
+        f"license: {_hf_license(spec.get('license'))}",
+        "tags: [ecg, electrocardiogram, jax, flax, ecgfm]",
+        "---",
+        "",
+    ]
+    card = model_card(spec) + (
+        "\nThis folder is in the Hugging Face layout (`config.json`, `model.safetensors`): "
+        "`ecgfm.load_encoder` reads it without running any code from it. To publish it:\n\n"
+        "```python\nfrom huggingface_hub import HfApi\n"
+        'HfApi().upload_folder(folder_path="this/directory", repo_id="you/name")\n```\n'
+    )
+    (out_dir / "README.md").write_text("\n".join(front) + card)
+    return out_dir
+
+
+def _hf_license(text: str | None) -> str:
+    """The Hub's licence identifier for a licence named in a spec (else "other")."""
+    known = {"mit": "mit", "apache-2.0": "apache-2.0", "cc-by-4.0": "cc-by-4.0",
+             "cc-by-nc-4.0": "cc-by-nc-4.0", "cc-by-nc-sa-4.0": "cc-by-nc-sa-4.0"}  # fmt: skip
+    first = (text or "").split()[0].lower().rstrip(",;") if text else ""
+    return known.get(first, "other")
+
+
+def _read_arrays(path: pathlib.Path, target: Any, head_target: Any = None) -> tuple[Any, Any]:
+    """(encoder `{"params", "model_state"}`, head `{"params"}` or None) read onto targets."""
+    if is_safetensors_folder(path):
+        from safetensors.numpy import load_file
+
+        flat = load_file(str(path / HF_WEIGHTS))
+        encoder = _fill(target, flat, str(path / HF_WEIGHTS), "encoder.")
+        encoder = jax.tree.map(lambda a, t: jax.device_put(a, t.sharding), encoder, target)
+        head = None
+        if head_target is not None and any(k.startswith("head.") for k in flat):
+            head = _fill(head_target, flat, str(path / HF_WEIGHTS), "head.")
+        return encoder, head
+    encoder = checkpoint.restore_tree(path / "encoder", target)
+    head = None
+    if head_target is not None and (path / "head").is_dir():
+        head = checkpoint.restore_tree(path / "head", head_target)
+    return encoder, head
 
 
 def _restore_encoder(path: pathlib.Path, target: Any) -> tuple[Any, Any]:
-    restored = checkpoint.restore_tree(path / "encoder", target)
+    restored, _ = _read_arrays(path, target)
     return restored["params"], restored["model_state"]
 
 
 def load_encoder(path: str | pathlib.Path) -> Encoder:
-    """The encoder exported to `path`, ready to embed input prepared per its preprocessing."""
+    """The encoder exported to `path`, ready to embed input prepared per its preprocessing.
+
+    `path` is an `ecgfm export`/`ecgfm import` folder in either layout (Orbax, or Hugging
+    Face `config.json` + `model.safetensors`); neither runs code from the folder.
+    """
     path = pathlib.Path(path)
     spec = read_spec(path)
-    abstract = nnx.eval_shape(
-        lambda: models.build_encoder(spec["model"], spec["hparams"], rngs=nnx.Rngs(0))
-    )
-    graphdef, params, model_state = nnx.split(abstract, nnx.Param, ...)
+    head_spec = spec.get("head")
+
+    def build():
+        if head_spec:
+            return models.build_model(
+                spec["model"], spec["hparams"], head_spec["num_classes"], rngs=nnx.Rngs(0)
+            )
+        return models.build_encoder(spec["model"], spec["hparams"], rngs=nnx.Rngs(0))
+
+    abstract = nnx.eval_shape(build)
+    encoder_abstract = abstract.encoder if head_spec else abstract
+    graphdef, params, model_state = nnx.split(encoder_abstract, nnx.Param, ...)
     target = {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(model_state)}
-    params, model_state = _restore_encoder(path, _on_one_device(target))
-    return Encoder(nnx.merge(graphdef, params, model_state), spec)
+    head_target = None
+    if head_spec:
+        head_graphdef, head_params = nnx.split(abstract.head, nnx.Param)
+        head_target = _on_one_device({"params": nnx.to_pure_dict(head_params)})
+    restored, head = _read_arrays(path, _on_one_device(target), head_target)
+    module = nnx.merge(graphdef, restored["params"], restored["model_state"])
+    head_module = None
+    if head is not None:
+        head_module = nnx.merge(head_graphdef, head["params"])
+    return Encoder(module, spec, head_module)
+
+
+def read_encoder_arrays(path: str | pathlib.Path) -> tuple[dict, Any, Any, Any]:
+    """(spec, encoder params, encoder model_state, head params or None) of an encoder folder,
+    as host arrays: what `write_encoder` takes, e.g. to convert between layouts."""
+    loaded = load_encoder(path)
+    _, params, model_state = nnx.split(loaded.module, nnx.Param, ...)
+    to_host = functools.partial(jax.tree.map, np.asarray)
+    head = None
+    if loaded.head is not None:
+        head = to_host(nnx.to_pure_dict(nnx.state(loaded.head, nnx.Param)))
+    return (
+        loaded.config,
+        to_host(nnx.to_pure_dict(params)),
+        to_host(nnx.to_pure_dict(model_state)),
+        head,
+    )
+
+
+def convert_encoder(
+    src: str | pathlib.Path, out_dir: str | pathlib.Path, *, layout: str
+) -> pathlib.Path:
+    """Rewrite the encoder folder `src` (either layout) into `out_dir` in `layout`."""
+    spec, params, model_state, head = read_encoder_arrays(src)
+    return write_encoder(out_dir, params, model_state, spec, head_params=head, layout=layout)
 
 
 def read_encoder_state(path: pathlib.Path, params: Any, model_state: Any) -> tuple[Any, Any]:

@@ -29,7 +29,9 @@ import optax
 DECAYED_NAMES = frozenset({"kernel"})
 NOT_DECAYED_NAMES = frozenset(
     {"bias", "scale", "embedding", "lead_embed", "position_embed", "sep_embed", "mask_token",
-     "cls_token"}
+     "cls_token",
+     # ST-MEM's ViT (ecgfm.models.st_mem) keeps its original's parameter names.
+     "pos_embedding", "sep_embedding", "lead_embeddings"}
 )  # fmt: skip
 
 

@@ -161,3 +161,18 @@ def test_a_changed_config_on_an_existing_workdir_is_refused_and_nothing_lost(exp
         train_and_evaluate(config, workdir)
     after = {p.relative_to(workdir): p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
     assert all(after.get(path) == content for path, content in before.items())
+
+
+def test_safetensors_export_round_trips_bit_exactly(exported, tmp_path):
+    workdir, out = exported
+    hf = export_encoder(workdir, tmp_path / "hf", layout="safetensors")
+    assert sorted(p.name for p in hf.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert not list(hf.rglob("*.pkl"))
+    orbax, shared = load_encoder(out), load_encoder(hf)
+    for a, b in zip(jax.tree.leaves(nnx.state(orbax.module)),
+                    jax.tree.leaves(nnx.state(shared.module)), strict=True):  # fmt: skip
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert shared.config == orbax.config
+    signal = np.random.default_rng(1).normal(size=(2, 1024, 12)).astype(np.float32)
+    np.testing.assert_array_equal(orbax(signal, 400), shared(signal, 400))

@@ -19,7 +19,12 @@ from nbclient import NotebookClient
 from ecgfm.demo import demo_config
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("quickstart.ipynb", "transfer_ptbxl.ipynb", "inspect_dataset.ipynb")
+NAMES = (
+    "quickstart.ipynb",
+    "transfer_ptbxl.ipynb",
+    "inspect_dataset.ipynb",
+    "import_and_probe.ipynb",
+)
 KERNEL = "ecgfm-tests"
 _AUROC = r"test macro AUROC (\d\.\d+)"
 
@@ -108,6 +113,7 @@ def test_notebook_names_no_local_path(name):
         ("quickstart.ipynb", {"ENCODER_DIR"}),
         ("transfer_ptbxl.ipynb", {"DATA_DIR", "ENCODER_DIR"}),
         ("inspect_dataset.ipynb", {"DATA_DIR"}),
+        ("import_and_probe.ipynb", {"CHECKPOINT", "DATA_DIR"}),
     ],
 )
 def test_parameters_cell_defaults_to_synthetic_data(name, parameters):
@@ -174,3 +180,17 @@ def test_inspect_notebook_shows_splits_and_a_training_batch(kernel_env, tmp_path
     assert "signal: (8, 1000, 12) int16" in batch and "signal_scale: (8,) float32" in batch
     assert "labels: (8, 5) float32" in batch
     assert "label_mask: (8, 5) float32" in batch
+
+
+@pytest.mark.slow
+def test_import_notebook_imports_checks_parity_and_probes(kernel_env, tmp_path):
+    pytest.importorskip("torch")
+    nb = _execute(_read("import_and_probe.ipynb"), tmp_path)
+    parity = _stdout(_cell_with(nb, "max relative difference"))
+    assert float(re.search(r"original: (\S+)", parity).group(1)) <= 1e-4
+    card = _cell_with(nb, "import_checkpoint(FORMAT").outputs[0]["data"]["text/markdown"]
+    assert "bakqui/ST-MEM" in card and "MIT" in card
+    rows = re.findall(
+        rf"(\w+)\s+100% of the labels: {_AUROC}", _stdout(_cell_with(nb, "run_probe("))
+    )
+    assert {m for m, _ in rows} == {"pretrained", "random_init"}

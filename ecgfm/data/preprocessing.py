@@ -25,8 +25,8 @@ import scipy.signal
 from ecgfm.data import windows
 from ecgfm.data.record import LEADS, EcgRecord
 
-Normalization = Literal["none", "per_lead_standardize"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "per_lead_standardize")
+Normalization = Literal["none", "per_lead_standardize", "per_record_standardize"]
+NORMALIZATIONS: tuple[str, ...] = ("none", "per_lead_standardize", "per_record_standardize")
 POWERLINE_HZ: tuple[float, ...] = (50.0, 60.0)
 # Up/down factors above this make the polyphase filter needlessly long; real ECG rates
 # (100, 250, 257, 360, 400, 500, 1000 Hz) all fit.
@@ -152,12 +152,24 @@ def center_crop_or_pad(signal_TC: np.ndarray, length: int) -> np.ndarray:
     return windows.fit(np.asarray(signal_TC, np.float32), length)
 
 
-def standardize(signal_TC: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Per lead, zero mean and unit standard deviation over time; a flat lead becomes zeros."""
+def standardize(signal_TC: np.ndarray, eps: float = 1e-6, *, per_lead: bool = True) -> np.ndarray:
+    """Zero mean and unit standard deviation over time, per lead (a flat lead becomes zeros),
+    or with `per_lead=False` one mean and deviation over all leads and samples together (as
+    ST-MEM's `Standardize(axis=(-1, -2))` and ECGFounder's `z_score_normalization` do)."""
     signal_TC = _as_signal(signal_TC)
-    centred_TC = signal_TC - signal_TC.mean(axis=0)
-    std_C = centred_TC.std(axis=0)
-    return (centred_TC / np.maximum(std_C, eps)).astype(np.float32)
+    axis = 0 if per_lead else None
+    centred_TC = signal_TC - signal_TC.mean(axis=axis)
+    std = centred_TC.std(axis=axis)
+    return (centred_TC / np.maximum(std, eps)).astype(np.float32)
+
+
+def lowpass(
+    signal_TC: np.ndarray, sampling_rate: float, cutoff_hz: float, order: int = 2
+) -> np.ndarray:
+    """Zero-phase Butterworth low-pass; `cutoff_hz` is its −6 dB point."""
+    _check_below_nyquist(cutoff_hz, sampling_rate, "low-pass cutoff_hz")
+    sos = scipy.signal.butter(order, cutoff_hz, "lowpass", fs=sampling_rate, output="sos")
+    return _zero_phase(signal_TC, sos, f"the {cutoff_hz} Hz low-pass")
 
 
 def select_leads(signal_TC: np.ndarray, leads: Sequence[str]) -> np.ndarray:
@@ -210,9 +222,12 @@ class Preprocessing:
       baseline_cutoff_hz: zero-phase high-pass cutoff against baseline wander, None = off.
       powerline_hz: zero-phase notch at 50 or 60 Hz, None = off.
       bandpass: zero-phase band-pass (low_hz, high_hz), None = off.
-      filter_order: Butterworth order of the high-pass and band-pass (doubled by zero-phase).
+      lowpass_hz: zero-phase low-pass cutoff, None = off (after the high-pass: together they
+        are ST-MEM's two order-5 filters, which differ from one order-5 band-pass).
+      filter_order: Butterworth order of the high-, low- and band-pass (doubled by zero-phase).
       notch_quality: quality factor Q of the notch (−3 dB width powerline_hz / Q).
-      normalization: "none", or "per_lead_standardize" (zero mean, unit std per lead and record).
+      normalization: "none", "per_lead_standardize" (zero mean, unit std per lead and record),
+        or "per_record_standardize" (one mean and std over all leads and samples of a record).
       input_units: units the raw signal must be in; only "mV".
     """
 
@@ -222,6 +237,7 @@ class Preprocessing:
     baseline_cutoff_hz: float | None = None
     powerline_hz: float | None = None
     bandpass: tuple[float, float] | None = None
+    lowpass_hz: float | None = None
     filter_order: int = 2
     notch_quality: float = 30.0
     normalization: Normalization = "none"
@@ -258,6 +274,8 @@ class Preprocessing:
             if low >= high:
                 raise _field_error("bandpass", f"needs low_hz < high_hz, got ({low}, {high})")
             canonical["bandpass"] = (low, high)
+        if self.lowpass_hz is not None:
+            canonical["lowpass_hz"] = _below_nyquist("lowpass_hz", self.lowpass_hz, rate)
         canonical["filter_order"] = _positive_integer("filter_order", self.filter_order)
         canonical["notch_quality"] = _positive_number("notch_quality", self.notch_quality)
         if self.normalization not in NORMALIZATIONS:
@@ -274,6 +292,10 @@ class Preprocessing:
         out = dataclasses.asdict(self)
         out["leads"] = list(self.leads)
         out["bandpass"] = None if self.bandpass is None else list(self.bandpass)
+        if self.lowpass_hz is None:
+            # Added for imported encoders: left out when off, so the JSON (and every cache key
+            # and checkpoint hash derived from it) of a spec without it stays what it was.
+            del out["lowpass_hz"]
         return out
 
     @classmethod
@@ -320,10 +342,12 @@ class Preprocessing:
             out_TC = notch(out_TC, self.sampling_rate, self.powerline_hz, self.notch_quality)
         if self.bandpass is not None:
             out_TC = bandpass(out_TC, self.sampling_rate, *self.bandpass, self.filter_order)
+        if self.lowpass_hz is not None:
+            out_TC = lowpass(out_TC, self.sampling_rate, self.lowpass_hz, self.filter_order)
         if self.num_samples is not None and out_TC.shape[0] > self.num_samples:
             out_TC = center_crop_or_pad(out_TC, self.num_samples)
-        if self.normalization == "per_lead_standardize":
-            out_TC = standardize(out_TC)
+        if self.normalization != "none":
+            out_TC = standardize(out_TC, per_lead=self.normalization == "per_lead_standardize")
         if self.num_samples is not None:
             out_TC = center_crop_or_pad(out_TC, self.num_samples)
         return out_TC
@@ -364,6 +388,8 @@ class Preprocessing:
         if self.bandpass is not None:
             low, high = self.bandpass
             parts.append(f"band-pass {low:g}–{high:g} Hz (order {self.filter_order})")
+        if self.lowpass_hz is not None:
+            parts.append(f"low-pass {self.lowpass_hz:g} Hz (order {self.filter_order})")
         if len(parts) == 3:
             parts.append("no filters")
         parts += [f"normalization {self.normalization}", f"input {self.input_units}"]

@@ -23,7 +23,9 @@ from ml_collections import ConfigDict
 
 from ecgfm.config import ConfigError, section, settings_from
 from ecgfm.models.heads import Classifier, EncoderOutput, FlattenHead, LinearHead
+from ecgfm.models.net1d import Net1d, Net1dConfig
 from ecgfm.models.resnet1d import RibeiroResNet, RibeiroResNetConfig
+from ecgfm.models.st_mem import StMemViT, StMemViTConfig
 from ecgfm.models.vit1d import ViT1d, ViT1dConfig
 from ecgfm.models.xresnet1d import XResNet1d, XResNet1dConfig
 
@@ -35,8 +37,12 @@ __all__ = [
     "LinearHead",
     "ModelFamily",
     "ModelSpec",
+    "Net1d",
+    "Net1dConfig",
     "RibeiroResNet",
     "RibeiroResNetConfig",
+    "StMemViT",
+    "StMemViTConfig",
     "ViT1d",
     "ViT1dConfig",
     "XResNet1d",
@@ -72,7 +78,10 @@ def _xresnet_head(config: XResNet1dConfig, num_classes: int, rngs: nnx.Rngs) -> 
     )
 
 
-def _vit_head(config: ViT1dConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+def _vit_head(
+    config: ViT1dConfig | Net1dConfig | StMemViTConfig, num_classes: int, rngs: nnx.Rngs
+) -> nnx.Module:
+    """Dense on the pooled embedding (also Net1D's and ST-MEM's own heads)."""
     return LinearHead(
         config.embedding_dim,
         num_classes,
@@ -96,6 +105,9 @@ MODELS: dict[str, ModelFamily] = {
     "ribeiro_resnet": ModelFamily(RibeiroResNetConfig, RibeiroResNet, _ribeiro_head),
     "xresnet1d": ModelFamily(XResNet1dConfig, XResNet1d, _xresnet_head),
     "vit1d": ModelFamily(ViT1dConfig, ViT1d, _vit_head),
+    # Published encoders `ecgfm import` reads (ecgfm/interop/): the originals' architectures.
+    "net1d": ModelFamily(Net1dConfig, Net1d, _vit_head),
+    "st_mem_vit": ModelFamily(StMemViTConfig, StMemViT, _vit_head),
 }
 
 
