@@ -22,6 +22,7 @@ from flax import nnx
 
 from ecgfm.models.heads import Classifier, EncoderOutput, FlattenHead, LinearHead
 from ecgfm.models.resnet1d import RibeiroResNet, RibeiroResNetConfig
+from ecgfm.models.s4 import S4Config, S4Encoder
 from ecgfm.models.vit1d import ViT1d, ViT1dConfig
 from ecgfm.models.xresnet1d import XResNet1d, XResNet1dConfig
 
@@ -34,6 +35,8 @@ __all__ = [
     "ModelFamily",
     "RibeiroResNet",
     "RibeiroResNetConfig",
+    "S4Config",
+    "S4Encoder",
     "ViT1d",
     "ViT1dConfig",
     "XResNet1d",
@@ -68,6 +71,17 @@ def _xresnet_head(config: XResNet1dConfig, num_classes: int, rngs: nnx.Rngs) -> 
     )
 
 
+def _s4_head(config: S4Config, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
+    return LinearHead(
+        config.embedding_dim,
+        num_classes,
+        dropout=config.head_dropout,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
+        rngs=rngs,
+    )
+
+
 def _vit_head(config: ViT1dConfig, num_classes: int, rngs: nnx.Rngs) -> nnx.Module:
     return LinearHead(
         config.embedding_dim,
@@ -92,6 +106,7 @@ MODELS: dict[str, ModelFamily] = {
     "ribeiro_resnet": ModelFamily(RibeiroResNetConfig, RibeiroResNet, _ribeiro_head),
     "xresnet1d": ModelFamily(XResNet1dConfig, XResNet1d, _xresnet_head),
     "vit1d": ModelFamily(ViT1dConfig, ViT1d, _vit_head),
+    "s4": ModelFamily(S4Config, S4Encoder, _s4_head),
 }
 
 
