@@ -16,6 +16,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from ecgfm.objectives.contrastive import ContrastiveObjective
+from ecgfm.objectives.cpc import CpcObjective
 from ecgfm.objectives.jepa import JepaObjective
 from ecgfm.objectives.masked import MaskedObjective
 from ecgfm.objectives.supervised import SupervisedObjective
@@ -46,6 +47,7 @@ OBJECTIVES: dict[str, Any] = {
     "contrastive": ContrastiveObjective,
     "masked": MaskedObjective,
     "jepa": JepaObjective,
+    "cpc": CpcObjective,
 }
 
 
