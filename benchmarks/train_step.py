@@ -1,6 +1,12 @@
 """Train-step speed of the Ribeiro ResNet: ecgfm's jitted step beside a PyTorch twin.
 
     python benchmarks/train_step.py --batch-size 64 --steps 3 --rounds 3 --threads 2
+    python benchmarks/train_step.py --frameworks jax,jax_s4 --batch-size 16 --input-length 1024
+
+`jax_s4` is ecgfm's same step on an S4D encoder (`ecgfm.models.s4`) sized to the Ribeiro
+ResNet's parameter count (`S4_EQUAL_PARAMS`: width 512, 12 bidirectional layers, state size 8,
+6.53 M encoder parameters against the ResNet's 6.39 M), with its pooled linear head; it is not
+in the default `--frameworks`.
 
 Each framework runs in its own worker process (pinned to the same `--threads` CPUs, so peak
 RSS is per framework); after start-up (compilation, first step, `--warmup-steps`) the parent
@@ -31,7 +37,11 @@ import time
 import traceback
 from typing import Any
 
-FRAMEWORKS = ("jax", "torch", "torch_compile")
+FRAMEWORKS = ("jax", "jax_s4", "torch", "torch_compile")
+DEFAULT_FRAMEWORKS = ("jax", "torch", "torch_compile")
+# An S4D encoder with the Ribeiro ResNet's parameter count (6,531,584 vs 6,391,184 in the
+# encoders): width 512 and 12 layers of the ECG benchmark's S4 (state size 8, bidirectional).
+S4_EQUAL_PARAMS = {"width": 512, "depth": 12, "state_size": 8, "bidirectional": True}
 NUM_CLASSES = 6
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 1e-4
@@ -82,8 +92,9 @@ def _random_batch(args: argparse.Namespace) -> dict[str, Any]:
 class JaxStep:
     """ecgfm's compiled train step on one device, with the state it carries between steps."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, *, model: str = "ribeiro_resnet"):
         import jax
+        import numpy as np
         from ml_collections import ConfigDict
 
         from ecgfm import sharding
@@ -93,7 +104,10 @@ class JaxStep:
 
         self.jax = jax
         config = ConfigDict()
-        config.model = {"name": "ribeiro_resnet", "hparams": {"input_length": args.input_length}}
+        if model == "s4":
+            config.model = {"name": "s4", "hparams": dict(S4_EQUAL_PARAMS)}
+        else:
+            config.model = {"name": model, "hparams": {"input_length": args.input_length}}
         config.objective = {"name": "supervised", "pos_weight": None}
         config.optim = {
             "learning_rate": LEARNING_RATE,
@@ -122,6 +136,10 @@ class JaxStep:
                 graphdef, shardings, self.mesh, objective, tx, schedule, accum_steps=1
             )
             self.compiled = step_fn.lower(self.state, self.batch).compile()
+        self.parameters = {
+            group: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state["params"][group]))
+            for group in ("encoder", "head")
+        }
         cost = self.compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost  # a list of one dict in older JAX
         self.flops = float(cost["flops"]) if cost and "flops" in cost else None
@@ -163,6 +181,7 @@ class TorchStep:
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.device = f"cuda: {torch.cuda.get_device_name()}" if self.cuda else "cpu"
         self.flops = self.peak = None
+        self.parameters = None
 
     def run(self, steps: int) -> None:
         """`steps` train steps, then wait for the device."""
@@ -180,8 +199,8 @@ def _worker(framework: str, args: argparse.Namespace, conn: Any) -> None:
     try:
         _pin_threads(args.threads)
         start = time.perf_counter()
-        if framework == "jax":
-            bench = JaxStep(args)
+        if framework in ("jax", "jax_s4"):
+            bench = JaxStep(args, model="s4" if framework == "jax_s4" else "ribeiro_resnet")
         else:
             bench = TorchStep(args, compile_model=framework == "torch_compile")
         bench.run(1)  # torch.compile compiles here; JAX's first execution allocates
@@ -193,6 +212,7 @@ def _worker(framework: str, args: argparse.Namespace, conn: Any) -> None:
                 "startup_s": startup,
                 "flops": bench.flops,
                 "peak": bench.peak,
+                "parameters": bench.parameters,
             }
         )
         while (steps := conn.recv()) is not None:
@@ -236,7 +256,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed, after the first")
     parser.add_argument("--threads", type=int, default=2, help="CPUs each framework may use")
     parser.add_argument(
-        "--frameworks", default=",".join(FRAMEWORKS), help=f"comma-separated, of {FRAMEWORKS}"
+        "--frameworks",
+        default=",".join(DEFAULT_FRAMEWORKS),
+        help=f"comma-separated, of {FRAMEWORKS}",
     )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak for MFU (default: table)"
@@ -297,9 +319,15 @@ def main(argv: list[str] | None = None) -> None:
             process.join()
             continue
         workers[framework], info[framework] = (parent, process), reply
-        print(f"{framework}: ready on {reply['device']} in {reply['startup_s']:.1f} s", flush=True)
+        size = reply["parameters"]
+        size = f" ({size['encoder']:,} encoder + {size['head']:,} head parameters)" if size else ""
+        print(
+            f"{framework}: ready on {reply['device']} in {reply['startup_s']:.1f} s{size}",
+            flush=True,
+        )
 
-    flops = next((i["flops"] for i in info.values() if i["flops"]), None)
+    # The PyTorch twins run the JAX ResNet's model: its FLOPs (jax_s4 has its own).
+    flops = info.get("jax", {}).get("flops")
     times: dict[str, list[float]] = {f: [] for f in workers}
     for r in range(args.rounds):
         for framework, (conn, _) in workers.items():
@@ -312,7 +340,8 @@ def main(argv: list[str] | None = None) -> None:
         info[framework]["rss"] = conn.recv()
         process.join()
         # Model FLOPs are framework-independent; a GPU/TPU peak comes from JAX's device kind.
-        info[framework]["flops"] = flops
+        if framework != "jax_s4":
+            info[framework]["flops"] = flops
         info[framework]["peak"] = (
             args.peak_tflops * 1e12 if args.peak_tflops else info.get("jax", {}).get("peak")
         )
@@ -320,8 +349,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("no framework ran")
 
     print(f"load average (1/5/15 min) at end: {_load()}")
-    if flops:
-        print(f"FLOPs per train step (XLA cost analysis): {flops / 1e12:.3f} TFLOP")
+    for framework in ("jax", "jax_s4"):
+        if info.get(framework, {}).get("flops"):
+            tflop = info[framework]["flops"] / 1e12
+            print(f"FLOPs per train step, {framework} (XLA cost analysis): {tflop:.3f} TFLOP")
     ref = times.get("jax")
     print()
     print(
