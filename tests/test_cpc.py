@@ -211,7 +211,7 @@ def test_cpc_configs_build_an_s4_encoder_and_no_head(name):
 
 
 @pytest.mark.slow
-def test_smoke_cpc_trains_exports_and_embeds_any_length(tmp_path):
+def test_smoke_cpc_trains_logs_per_step_accuracy_and_exports(tmp_path):
     from ecgfm.export import export_encoder, load_encoder
 
     config = load_config(CONFIGS / "smoke_cpc.py", [

@@ -245,3 +245,30 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_features(encoders):
     reference, approx = np.asarray(reference), np.asarray(approx, np.float32)
     assert np.abs(approx - reference).max() <= 0.05 * np.abs(reference).max()
     assert not np.array_equal(approx, reference)
+
+
+@pytest.mark.slow
+def test_smoke_s4_pretrains_exports_and_fine_tunes(tmp_path):
+    from test_finetune import CONFIG, _toy_task
+
+    from ecgfm.config import load_config
+    from ecgfm.export import export_encoder, load_encoder
+    from ecgfm.metrics import macro_auroc
+    from ecgfm.train import train_and_evaluate
+    from ecgfm.transfer.finetune import FinetuneMethod, prepare_inputs
+
+    config = load_config("experiments/configs/smoke_s4.py", [
+        "train.steps=4", "train.eval_every=4", "train.checkpoint_every=4",
+        "train.global_batch_size=8", "train.async_checkpoint=false", "data.synthetic_exams=32",
+        "data.preprocessing.sampling_rate=100.0", "data.preprocessing.num_samples=250",
+    ])  # fmt: skip
+    final = train_and_evaluate(config, tmp_path / "run")
+    assert np.isfinite(final["loss"]) and np.isfinite(final["val_macro_auroc"])
+    exported = export_encoder(tmp_path / "run", tmp_path / "export")
+    encoder = load_encoder(exported)
+    assert encoder.config["model"] == "s4"
+    # The toy task's 2.5 s windows at 100 Hz: a linear head on the fine-tuned S4 separates them.
+    inputs = prepare_inputs(_toy_task(), encoder.preprocessing)
+    method = FinetuneMethod(inputs, "s4", encoder.config["hparams"], CONFIG, exported)
+    fit = method.fit(np.arange(48), seed=0)
+    assert macro_auroc(inputs.labels["test"], fit.test_scores_NK) > 0.8

@@ -49,10 +49,11 @@ Where ecgfm differs from the references, and why:
   the issue asks for S4D, whose kernel is a plain Vandermonde product (no Cauchy kernel).
 - Dropout after the activation and after each layer is tied over time (whole channels are
   dropped per example), what the reference means by `DropoutNd`/`Dropout2d` on `(B, H, L)`.
-- The reference trains A, B and Δ at a capped learning rate (`lr=min(0.001, lr)`) and without
-  weight decay; ecgfm's optimizer has one learning rate per parameter group, so they share the
-  run's learning rate (still without weight decay: see `ecgfm.optim`). C, like a dense kernel,
-  is decayed; D is not.
+- The S4 examples train A, B and Δ at a capped learning rate (`lr=min(0.001, lr)`) and
+  without weight decay; ecgfm's optimizer has one learning rate per parameter group, so they
+  share the run's learning rate (still without weight decay: see `ecgfm.optim`). C is decayed
+  like a dense kernel, as there; D is not (ecgfm decays only weight matrices; the reference's
+  optimizer decays it too).
 - Dense layers use Flax's default initialisers (LeCun normal, zero bias), not PyTorch's.
 - The SSM convolution is computed in float32 even when `dtype` is bfloat16 (the kernel's
   powers Ā^ℓ underflow and lose precision in bf16); the dense layers use `dtype`.
@@ -79,9 +80,11 @@ _CONVS = ("fft", "scan")
 class S4Config:
     """Hyperparameters of the S4D encoder; the defaults are the ECG benchmark's supervised S4.
 
-    The benchmark (AI4HealthUOL/ecg-fm-benchmarking `run.sh`) runs its S4 baseline with
-    `--s4-n 8 --s4-h 512 --s4-layers 4`, bidirectional, on 2.5 s at 100 Hz; the dropout of 0.2
-    and the linear input encoder are the defaults of its `S4Model`.
+    The benchmark's `run.sh` runs its S4 baseline with `--s4-n 8 --s4-h 512 --s4-layers 4`
+    on 2.5 s at 100 Hz, and its `main_lite.py` builds it with `bidirectional=True` (read in the
+    fork mkeoliya/ecg-fm-benchmarking; AI4HealthUOL's repository itself was not readable
+    here); the dropout of 0.2 and the linear input encoder are the defaults of the `S4Model`
+    of Mehari & Strodthoff's code.
 
     Attributes:
       width: H, the channels of every S4D layer (the reference's `d_model`).

@@ -11,9 +11,11 @@ AUROC of the exported encoder: not yet measured (no access to CODE-II here).
 Where each setting comes from:
 - ECG-CPC (Al-Masud, Lopez Alcaraz & Strodthoff, "Benchmarking ECG FMs: A Reality Check
   Across Clinical Tasks", ICLR 2026, arXiv 2509.25095): an S4 model pretrained with CPC on
-  HEEDB (10 M samples), 3.8 M parameters, 512-dimensional features (the benchmark code's
-  `CPCWrapper.feature_dim`), 240 Hz input (its `run.sh`: `--architecture cpc --fs-model 240
-  --input-size 2.5`, the window of its downstream evaluation). Hence `sampling_rate` 240.
+  HEEDB (10 M samples), 3.8 M parameters, 1.741 GFLOPs (the authors' announcement),
+  512-dimensional features (the benchmark code's `CPCWrapper.feature_dim`), 240 Hz input (its
+  `run.sh`: `--architecture cpc --fs-model 240 --input-size 2.5`, the window of its downstream
+  evaluation; both read in the fork mkeoliya/ecg-fm-benchmarking, AI4HealthUOL's repository
+  itself was not readable here). Hence `sampling_rate` 240.
 - The CPC/S4 architecture and optimiser are Mehari & Strodthoff's S4 CPC, whose code the
   benchmark builds on (tmehari/ssm_ecg `code/pretraining.py`; the S4 command in its header:
   `--normalize --epochs 200 --lr 0.0001 --batch-size 32 --input-size 1000 --precision 32
