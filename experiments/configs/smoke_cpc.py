@@ -3,8 +3,8 @@
 Command (CPU is enough):
     ecgfm pretrain --config experiments/configs/smoke_cpc.py --workdir /tmp/ecgfm_cpc
 
-Hardware: any CPU. Measured: 89 s wall on 2 CPU cores with load average 5.5 (shared machine),
-including 26 s of compilation.
+Hardware: any CPU. Measured: 33 s wall on 2 CPU cores with load average 1.9–3.7 (shared
+machine), including compilation; 89 s under a load of 5.5. The run is deterministic.
 `smoke.py`'s data and schedule (192 synthetic CODE-layout exams, 40 steps of batch 16, 2.56 s
 windows of 1024 samples at 400 Hz, evaluation at steps 20 and 40), no labels read. The encoder
 is ECG-CPC's shape at toy size: a pointwise stem of two 32-wide layers gives per-sample
@@ -13,8 +13,8 @@ other exams of the global batch at the same time step (16 candidates: chance acc
 Expected (measured): the InfoNCE loss falls from ≈5.7 to ≈1.7 (chance is log 16 ≈ 2.8 once
 the scores are calibrated; they start too large), the prediction accuracy rises from ≈0.05 to
 ≈0.4 (`accuracy_step1` ≈0.46 > `accuracy_step4` ≈0.44 > `accuracy_step12` ≈0.33: the
-further ahead, the harder), `val_prediction_loss` ≈1.8 and `val_accuracy` ≈0.41 at step 40;
-`embedding_std` stays ≈0.45–0.6.
+further ahead, the harder), `val_prediction_loss` ≈1.78 and `val_accuracy` ≈0.41 at step
+40 (≈2.3 and ≈0.25 at step 20); `embedding_std` stays ≈0.45–0.6.
 """
 
 from ml_collections import ConfigDict

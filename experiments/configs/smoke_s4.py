@@ -3,8 +3,8 @@
 Command (CPU is enough):
     ecgfm pretrain --config experiments/configs/smoke_s4.py --workdir /tmp/ecgfm_s4
 
-Hardware: any CPU. Measured: 48 s wall on 2 CPU cores with load average 5.5 (shared machine),
-including compilation.
+Hardware: any CPU. Measured: 30 s wall on 2 CPU cores with load average 3.7–4.0 (shared
+machine), including compilation; 48 s under a load of 5.5.
 `smoke.py`'s data, objective and schedule (192 synthetic CODE-layout exams, masked BCE on their
 6 labels, 40 steps of batch 16, 2.56 s windows of 1024 samples at 400 Hz, evaluation at steps
 20 and 40). The encoder is the ECG benchmark's supervised S4 at toy size: a linear input
