@@ -1,6 +1,12 @@
 """Train-step speed of the Ribeiro ResNet: ecgfm's jitted step beside a PyTorch twin.
 
     python benchmarks/train_step.py --batch-size 64 --steps 3 --rounds 3 --threads 2
+    python benchmarks/train_step.py --frameworks jax,jax_s4 --batch-size 16 --input-length 1024
+
+`jax_s4` is ecgfm's same step on an S4D encoder (`ecgfm.models.s4`) sized to the Ribeiro
+ResNet's parameter count (`S4_EQUAL_PARAMS`: width 512, 12 bidirectional layers, state size 8,
+6.53 M encoder parameters against the ResNet's 6.39 M), with its pooled linear head; it is not
+in the default `--frameworks`.
 
 Each framework runs in its own worker process (pinned to the same `--threads` CPUs, so peak
 RSS is per framework); after start-up (compilation, first step, `--warmup-steps`) the parent
@@ -32,7 +38,11 @@ import time
 import traceback
 from typing import Any
 
-FRAMEWORKS = ("jax", "torch", "torch_compile")
+FRAMEWORKS = ("jax", "jax_s4", "torch", "torch_compile")
+DEFAULT_FRAMEWORKS = ("jax", "torch", "torch_compile")
+# An S4D encoder with the Ribeiro ResNet's parameter count (6,531,584 vs 6,391,184 in the
+# encoders): width 512 and 12 layers of the ECG benchmark's S4 (state size 8, bidirectional).
+S4_EQUAL_PARAMS = {"width": 512, "depth": 12, "state_size": 8, "bidirectional": True}
 NUM_CLASSES = 6
 LEARNING_RATE = 1e-3
 WEIGHT_DECAY = 1e-4
@@ -83,7 +93,7 @@ def _random_batch(args: argparse.Namespace) -> dict[str, Any]:
 class JaxStep:
     """ecgfm's compiled train step on one device, with the state it carries between steps."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, *, model: str = "ribeiro_resnet"):
         import jax
 
         from ecgfm import sharding, train_state
@@ -92,7 +102,8 @@ class JaxStep:
         from ecgfm.optim import OptimConfig, make_optimizer
 
         self.jax = jax
-        model = ModelSpec.create("ribeiro_resnet", {"input_length": args.input_length})
+        hparams = dict(S4_EQUAL_PARAMS) if model == "s4" else {"input_length": args.input_length}
+        spec = ModelSpec.create(model, hparams)
         optim = OptimConfig(
             learning_rate=LEARNING_RATE, schedule="constant", weight_decay=WEIGHT_DECAY,
             clip_norm=0.0,
@@ -101,7 +112,7 @@ class JaxStep:
         self.mesh = sharding.make_mesh(1, devices=[device])
         tx, schedule = make_optimizer(optim, total_steps=1_000)
         training = train_state.compile_training(
-            lambda rngs: model.build_classifier(NUM_CLASSES, rngs), SupervisedObjective(), tx,
+            lambda rngs: spec.build_classifier(NUM_CLASSES, rngs), SupervisedObjective(), tx,
             schedule, self.mesh,
         )  # fmt: skip
         with jax.set_mesh(self.mesh):
@@ -149,6 +160,7 @@ class TorchStep:
         self.loss_fn = torch.nn.BCEWithLogitsLoss()
         self.device = f"cuda: {torch.cuda.get_device_name()}" if self.cuda else "cpu"
         self.flops = self.peak = None
+        self.parameters = None
 
     def run(self, steps: int) -> None:
         """`steps` train steps, then wait for the device."""
@@ -166,8 +178,8 @@ def _worker(framework: str, args: argparse.Namespace, conn: Any) -> None:
     try:
         _pin_threads(args.threads)
         start = time.perf_counter()
-        if framework == "jax":
-            bench = JaxStep(args)
+        if framework in ("jax", "jax_s4"):
+            bench = JaxStep(args, model="s4" if framework == "jax_s4" else "ribeiro_resnet")
         else:
             bench = TorchStep(args, compile_model=framework == "torch_compile")
         bench.run(1)  # torch.compile compiles here; JAX's first execution allocates
@@ -179,6 +191,7 @@ def _worker(framework: str, args: argparse.Namespace, conn: Any) -> None:
                 "startup_s": startup,
                 "flops": bench.flops,
                 "peak": bench.peak,
+                "parameters": bench.parameters,
             }
         )
         while (steps := conn.recv()) is not None:
@@ -222,7 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed, after the first")
     parser.add_argument("--threads", type=int, default=2, help="CPUs each framework may use")
     parser.add_argument(
-        "--frameworks", default=",".join(FRAMEWORKS), help=f"comma-separated, of {FRAMEWORKS}"
+        "--frameworks",
+        default=",".join(DEFAULT_FRAMEWORKS),
+        help=f"comma-separated, of {FRAMEWORKS}",
     )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak for MFU (default: table)"
@@ -283,9 +298,15 @@ def main(argv: list[str] | None = None) -> None:
             process.join()
             continue
         workers[framework], info[framework] = (parent, process), reply
-        print(f"{framework}: ready on {reply['device']} in {reply['startup_s']:.1f} s", flush=True)
+        size = reply["parameters"]
+        size = f" ({size['encoder']:,} encoder + {size['head']:,} head parameters)" if size else ""
+        print(
+            f"{framework}: ready on {reply['device']} in {reply['startup_s']:.1f} s{size}",
+            flush=True,
+        )
 
-    flops = next((i["flops"] for i in info.values() if i["flops"]), None)
+    # The PyTorch twins run the JAX ResNet's model: its FLOPs (jax_s4 has its own).
+    flops = info.get("jax", {}).get("flops")
     times: dict[str, list[float]] = {f: [] for f in workers}
     for r in range(args.rounds):
         for framework, (conn, _) in workers.items():
@@ -298,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
         info[framework]["rss"] = conn.recv()
         process.join()
         # Model FLOPs are framework-independent; a GPU/TPU peak comes from JAX's device kind.
-        info[framework]["flops"] = flops
+        if framework != "jax_s4":
+            info[framework]["flops"] = flops
         info[framework]["peak"] = (
             args.peak_tflops * 1e12 if args.peak_tflops else info.get("jax", {}).get("peak")
         )
@@ -306,8 +328,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("no framework ran")
 
     print(f"load average (1/5/15 min) at end: {_load()}")
-    if flops:
-        print(f"FLOPs per train step (XLA cost analysis): {flops / 1e12:.3f} TFLOP")
+    for framework in ("jax", "jax_s4"):
+        if info.get(framework, {}).get("flops"):
+            tflop = info[framework]["flops"] / 1e12
+            print(f"FLOPs per train step, {framework} (XLA cost analysis): {tflop:.3f} TFLOP")
     ref = times.get("jax")
     print()
     print(

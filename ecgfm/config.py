@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import importlib.util
 import pathlib
 from collections.abc import Mapping, Sequence
@@ -137,7 +138,7 @@ def settings_from(cls: type, values: Mapping[str, Any] | None, where: str) -> An
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(known))
     if unknown:
-        keys = ", ".join(f"{where}.{k}" for k in unknown)
+        keys = ", ".join(f"{where}.{k}" + _did_you_mean(k, known) for k in unknown)
         raise ConfigError(
             f"unknown config key(s) {keys}; valid keys of {where}: {', '.join(known)}"
         )
@@ -146,6 +147,11 @@ def settings_from(cls: type, values: Mapping[str, Any] | None, where: str) -> An
         return cls(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
+
+
+def _did_you_mean(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def section(settings: Any, **extra: Any) -> ConfigDict:

@@ -26,12 +26,17 @@ import optax
 # norm scales, biases and embeddings (position, lead, separator, mask/class tokens) toward zero
 # changes the function rather than limiting its capacity. A name in neither set is an error, so
 # a new kind of parameter is classified on purpose rather than decayed (or not) by accident.
-DECAYED_NAMES = frozenset({"kernel"})
+# S4D layers (ecgfm.models.s4): the output matrix C is decayed like a kernel; the state matrix
+# (log_A_real, A_imag), B, the step size log_dt and the skip D are not (the S4 reference trains
+# them without weight decay).
+DECAYED_NAMES = frozenset({"kernel", "C"})
 NOT_DECAYED_NAMES = frozenset(
     {"bias", "scale", "embedding", "lead_embed", "position_embed", "sep_embed", "mask_token",
      "cls_token",
      # ST-MEM's ViT (ecgfm.models.st_mem) keeps its original's parameter names.
-     "pos_embedding", "sep_embedding", "lead_embeddings"}
+     "pos_embedding", "sep_embedding", "lead_embeddings",
+     # S4D (ecgfm.models.s4): the state-space parameters and the skip D, as the S4 papers.
+     "log_dt", "log_A_real", "A_imag", "B", "D"}
 )  # fmt: skip
 
 

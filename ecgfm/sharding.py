@@ -68,6 +68,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, MeshAxes], ...] = (
     ("leads", None),
     ("length", None),
     ("patch", None),
+    ("ssm_state", None),  # the N/2 modes of an S4D layer: few, kept whole
 )
 
 

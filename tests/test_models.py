@@ -255,7 +255,7 @@ def test_encoder_transfers_without_its_head(tiny_xresnet):
 
 
 def test_registry_builds_from_plain_dicts_and_rejects_unknown_names():
-    assert set(MODELS) == {"ribeiro_resnet", "xresnet1d", "vit1d", "net1d", "st_mem_vit"}
+    assert set(MODELS) == {"ribeiro_resnet", "xresnet1d", "vit1d", "net1d", "st_mem_vit", "s4"}
     config = make_config("ribeiro_resnet", {"widths": [8, 16], "input_length": 64})
     assert config == RibeiroResNetConfig(widths=(8, 16), input_length=64)
     hash(config)  # frozen and hashable: it is static in the graph definition

@@ -25,6 +25,7 @@ from ecgfm.config import ConfigError, section, settings_from
 from ecgfm.models.heads import Classifier, EncoderOutput, FlattenHead, LinearHead
 from ecgfm.models.net1d import Net1d, Net1dConfig
 from ecgfm.models.resnet1d import RibeiroResNet, RibeiroResNetConfig
+from ecgfm.models.s4 import S4Config, S4Encoder
 from ecgfm.models.st_mem import StMemViT, StMemViTConfig
 from ecgfm.models.vit1d import ViT1d, ViT1dConfig
 from ecgfm.models.xresnet1d import XResNet1d, XResNet1dConfig
@@ -41,6 +42,8 @@ __all__ = [
     "Net1dConfig",
     "RibeiroResNet",
     "RibeiroResNetConfig",
+    "S4Config",
+    "S4Encoder",
     "StMemViT",
     "StMemViTConfig",
     "ViT1d",
@@ -79,9 +82,11 @@ def _xresnet_head(config: XResNet1dConfig, num_classes: int, rngs: nnx.Rngs) -> 
 
 
 def _vit_head(
-    config: ViT1dConfig | Net1dConfig | StMemViTConfig, num_classes: int, rngs: nnx.Rngs
+    config: ViT1dConfig | Net1dConfig | StMemViTConfig | S4Config,
+    num_classes: int,
+    rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """Dense on the pooled embedding (also Net1D's and ST-MEM's own heads)."""
+    """Dense on the pooled embedding (also Net1D's, ST-MEM's and the S4's heads)."""
     return LinearHead(
         config.embedding_dim,
         num_classes,
@@ -108,6 +113,7 @@ MODELS: dict[str, ModelFamily] = {
     # Published encoders `ecgfm import` reads (ecgfm/interop/): the originals' architectures.
     "net1d": ModelFamily(Net1dConfig, Net1d, _vit_head),
     "st_mem_vit": ModelFamily(StMemViTConfig, StMemViT, _vit_head),
+    "s4": ModelFamily(S4Config, S4Encoder, _vit_head),
 }
 
 

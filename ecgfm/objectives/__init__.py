@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from ecgfm.config import ConfigError, section, settings_from
 from ecgfm.objectives.base import NO_CONTEXT, Batch, Objective, RunContext
 from ecgfm.objectives.contrastive import ContrastiveObjective, ContrastiveSettings
+from ecgfm.objectives.cpc import CpcObjective, CpcSettings
 from ecgfm.objectives.jepa import JepaObjective, JepaSettings
 from ecgfm.objectives.masked import MaskedObjective, MaskedSettings
 from ecgfm.objectives.supervised import SupervisedObjective, SupervisedSettings
@@ -36,6 +37,7 @@ OBJECTIVES: dict[str, tuple[type, type]] = {
     "contrastive": (ContrastiveSettings, ContrastiveObjective),
     "masked": (MaskedSettings, MaskedObjective),
     "jepa": (JepaSettings, JepaObjective),
+    "cpc": (CpcSettings, CpcObjective),
 }
 
 
