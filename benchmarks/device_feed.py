@@ -112,6 +112,7 @@ def main(argv: list[str]) -> None:
         for _ in range(args.rounds):
             times["device-resident"].append(run(False))
             times["fed by the pipeline"].append(run(True))
+    inputs.close()
     peak = peak_flops(device.device_kind)
     results = {
         "model": args.model,

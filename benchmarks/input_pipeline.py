@@ -121,7 +121,7 @@ def profile_pipeline(source: TfdsSource, steps: int) -> dict[str, float]:
         transform(step)
     profiler.disable()
     stats = pstats.Stats(profiler).stats
-    total = sum(own for (_, _, _, own, _) in stats.values())
+    total = sum(own for (_, _, own, _, _) in stats.values())  # (calls, calls, own, cumulative, _)
     shares: dict[str, float] = collections.defaultdict(float)
     for (filename, _, function), (_, _, own, _, _) in stats.items():
         group = next((g for g, keys in PROFILE_GROUPS.items()
@@ -311,7 +311,7 @@ def main(argv: list[str]) -> None:
     for group, share in sorted(shares.items(), key=lambda kv: -kv[1]):
         if group != "seconds_per_exam":
             print(f"- {group}: {share:.0%}")
-    print(f"- total {shares['seconds_per_exam'] * 1e6:.0f} µs of Python-visible time per exam")
+    print(f"- total {shares['seconds_per_exam'] * 1e6:.0f} µs per exam (profiled, one thread)")
     print(
         f"\n| train step here (all cores, batch {args.step_batch}) | exams/s | GFLOP per "
         "exam | pipeline (1 core) / step | exams/s one accelerator needs at "

@@ -167,6 +167,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
                     log.warning("preempted: checkpointed step %d, exiting", step)
                     break
     finally:  # also on an error: what was saved is complete on disk
+        inputs.close()
         progress.close()
         checkpointer.wait_until_finished()
         checkpointer.close()

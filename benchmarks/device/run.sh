@@ -15,7 +15,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 for model in ribeiro_resnet vit1d; do
   timeout 200 python3 benchmarks/device_feed.py --model "$model" --batch-size 256 --steps 20 \
-    --rounds 3 --workers 12 --num-exams 4096 --json "$OUT/feed_$model.json" \
+    --rounds 3 --workers 12 --num-exams 4096 --workdir /tmp/ecgfm_device \
+    --json "$OUT/feed_$model.json" \
     2>&1 | tee "$OUT/feed_$model.txt"
 done
 timeout 120 python3 benchmarks/train_step.py --frameworks jax --batch-size 256 --steps 10 \

@@ -143,6 +143,12 @@ class Inputs:
     _global_batch_size: int
     _window: int
 
+    def close(self) -> None:
+        """Stop the training iterator's read-ahead (and its worker processes, if any)."""
+        close = getattr(self.train, "close", None)
+        if close is not None:
+            close()
+
     def validation_batches(self) -> Iterator[dict] | None:
         """One padded pass over the validation split (None when there is none)."""
         if self._validation is None:

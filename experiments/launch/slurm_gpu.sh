@@ -4,7 +4,7 @@
 # the GPU of its SLURM_LOCALID (so CUDA_VISIBLE_DEVICES must stay unset: restricting a task to
 # one GPU would leave tasks 1..7 asking for a device id they no longer see).
 # Usage: sbatch --nodes=2 experiments/launch/slurm_gpu.sh experiments/configs/code2_resnet.py \
-#        /shared/workdirs/code2_resnet --config.data.path=/shared/data/code2
+#        /shared/workdirs/code2_resnet --config.data.path=/shared/data/tfds
 # WORKDIR must be on a filesystem every node mounts (NFS, Lustre, a GCS FUSE mount, ...):
 # paths are local paths, not gs:// or s3:// URLs.
 #SBATCH --job-name=ecgfm
