@@ -73,7 +73,7 @@ def info_nce(
         :, 0
     ]
     log_prob = jnp.where(weight > 0, log_prob, 0.0)
-    return -jnp.sum(log_prob * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return -health.exam_mean(log_prob, weight)
 
 
 class ProjectionHead(nnx.Module):

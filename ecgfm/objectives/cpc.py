@@ -278,7 +278,7 @@ class CpcObjective:
         nll_BK, correct_BK, embedding_BD = self._terms(
             model, batch["signal"], weight_B, rngs.augment(), train=train, rngs=rngs
         )
-        loss = jnp.sum(jnp.mean(nll_BK, axis=1) * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
+        loss = health.exam_mean(jnp.mean(nll_BK, axis=1), weight_B)
         metrics = {"loss": loss, **self._step_metrics(correct_BK, weight_B)}
         metrics["embedding_std"] = health.embedding_std(embedding_BD, weight_B)
         return loss, metrics

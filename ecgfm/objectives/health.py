@@ -25,6 +25,11 @@ def l2_normalize(z_BD: jax.Array, eps: float = 1e-6) -> jax.Array:
     return z_BD / jnp.maximum(jnp.linalg.norm(z_BD, axis=-1, keepdims=True), eps)
 
 
+def exam_mean(values_B: jax.Array, weight_B: jax.Array) -> jax.Array:
+    """Mean of per-exam `values_B` over the real exams (padding weighs 0; 0 when none is real)."""
+    return jnp.sum(values_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
+
+
 def embedding_std(z_BD: jax.Array, weight_B: jax.Array) -> jax.Array:
     """√D × mean over dimensions of the across-batch std of the normalised embeddings."""
     z_BD = l2_normalize(z_BD)
@@ -37,7 +42,7 @@ def embedding_std(z_BD: jax.Array, weight_B: jax.Array) -> jax.Array:
 def alignment(z1_BD: jax.Array, z2_BD: jax.Array, weight_B: jax.Array) -> jax.Array:
     """Mean ‖z1 − z2‖² between the normalised views of each exam (Wang & Isola, α = 2)."""
     distance_B = jnp.sum(jnp.square(l2_normalize(z1_BD) - l2_normalize(z2_BD)), axis=-1)
-    return jnp.sum(distance_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
+    return exam_mean(distance_B, weight_B)
 
 
 def uniformity(z_BD: jax.Array, weight_B: jax.Array, t: float = 2.0) -> jax.Array:

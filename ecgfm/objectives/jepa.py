@@ -221,7 +221,7 @@ class JepaObjective:
         per_exam, embedding_BD = self.prediction_loss(
             model, batch["signal"], rngs.augment(), train=train, rngs=rngs
         )
-        loss = jnp.sum(per_exam * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
+        loss = health.exam_mean(per_exam, weight_B)
         if train:
             ema_update(model.target_encoder, model.encoder, self.micro_batch_momentum)
         return loss, {"loss": loss, "embedding_std": health.embedding_std(embedding_BD, weight_B)}

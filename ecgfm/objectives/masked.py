@@ -211,7 +211,7 @@ class MaskedObjective:
         per_exam, embedding_BD = self.reconstruction_loss(
             model, batch["signal"], rngs.augment(), train=train, rngs=rngs
         )
-        loss = jnp.sum(per_exam * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)
+        loss = health.exam_mean(per_exam, weight_B)
         return loss, {"loss": loss, "embedding_std": health.embedding_std(embedding_BD, weight_B)}
 
     def eval_outputs(self, model: nnx.Module, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
