@@ -139,3 +139,17 @@ def test_prepare_cli_refuses_workers_for_a_cluster_runner(capsys, tmp_path):
     args = ["prepare", "code", "--src", str(tmp_path), "--data-dir", str(tmp_path / "d")]
     assert main([*args, "--beam-runner", "DataflowRunner", "--beam-workers", "4"]) == 2
     assert "max_num_workers" in capsys.readouterr().err
+
+
+def test_a_split_every_worker_skipped_is_named_as_in_a_single_process_build(tmp_path):
+    from ecgfm.data.tfds_builders import _beam_worker_error
+
+    # What Beam raises when TFDS's writer finds a split without examples.
+    beam_error = RuntimeError(
+        "Traceback ...\nValueError: The total number of generated examples is 0 for split "
+        "test. This should be >0! [while running 'test_write/CheckValidNumExamples']"
+    )
+    error = _beam_worker_error(beam_error, tmp_path)
+    assert isinstance(error, EcgFormatError) and error.path == str(tmp_path)
+    assert "split 'test' has no readable record" in error.problem
+    assert _beam_worker_error(RuntimeError("something else"), tmp_path) is None
