@@ -131,7 +131,7 @@ def _prepare_spec(args: argparse.Namespace):
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from ecgfm.data.tfds_builders import check_options, prepare_dataset
+    from ecgfm.data.tfds_builders import beam_config, check_options, prepare_dataset
 
     given = {"split_file": args.split_file, "split_column": args.split_column,
              "id_column": args.id_column, "seed": args.seed,
@@ -147,10 +147,18 @@ def _prepare(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"ecgfm prepare: {error}", file=sys.stderr)
         return 2
+    beam = {"beam_runner": args.beam_runner, "beam_workers": args.beam_workers,
+            "beam_options": args.beam_options}  # fmt: skip
+    if any(v is not None for v in beam.values()):
+        try:
+            beam_config(args.beam_runner, args.beam_workers, args.beam_options)
+        except (ImportError, ValueError) as error:
+            print(f"ecgfm prepare: {error}", file=sys.stderr)
+            return 2
     on_error = "skip" if args.skip_bad else "raise"
     summary = prepare_dataset(
         args.dataset, args.src, args.data_dir, preprocessing=preprocessing, on_error=on_error,
-        **options,
+        **beam, **options,
     )  # fmt: skip
     print(_format_built_dataset(summary))
     return 0
@@ -494,6 +502,29 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("none", "snappy", "zstd"),
         help="of the array_record shards (default none: ECG int16 barely compresses and "
         "decompressing is most of the reader's CPU time; see benchmarks/README.md)",
+    )
+    beam = p.add_argument_group(
+        "distributed build (Apache Beam; pip install 'ecgfm[beam]')",
+        "The same records, order, index and metadata as the default single-process build. "
+        "A cluster's workers must see SRC and DATA_DIR at the same paths (shared storage).",
+    )
+    beam.add_argument(
+        "--beam-runner",
+        help="DirectRunner (local processes, see --beam-workers), or a cluster runner: "
+        "DataflowRunner, FlinkRunner, SparkRunner, PortableRunner (configured by --beam-options)",
+    )
+    beam.add_argument(
+        "--beam-workers",
+        type=int,
+        help="number of local DirectRunner processes (default: one per core); alone, it implies "
+        "--beam-runner DirectRunner",
+    )
+    beam.add_argument(
+        "--beam-options",
+        help="Beam pipeline flags as one string, given with '=': "
+        '--beam-options="--runner=FlinkRunner --flink_master=HOST:8081 --parallelism=256 '
+        '--environment_type=EXTERNAL --environment_config=localhost:50000" '
+        '(README: "Preparing at scale")',
     )
     spec = p.add_mutually_exclusive_group()
     spec.add_argument(

@@ -7,6 +7,10 @@ nothing is downloaded). Read it back with `ecgfm.data.sources.TfdsSource` (which
 `describe_built_dataset`. Each builder lives in TFDS's standard layout
 (`<name>/<name>_dataset_builder.py`, `class Builder`).
 
+Scale: with `beam_runner=` / `beam_workers=` (`ecgfm prepare --beam-runner/--beam-workers`)
+the same builders build through TFDS's Apache Beam path, on local processes or a cluster
+(`beam_build`); the result is the same as a single-process build's.
+
 Restarting: TFDS writes into `<config>/incomplete.*` and renames it only when every split is
 written, so an interrupted build leaves no partial dataset; running `prepare_dataset` again
 removes the leftover folder and builds again from the start. A finished build is not redone.
@@ -15,11 +19,11 @@ removes the leftover folder and builds again from the start. A finished build is
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pathlib
+import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -27,7 +31,7 @@ import tensorflow_datasets as tfds
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import EcgFormatError, OnError
 from ecgfm.data.sources import ECGFM_METADATA_KEY, built_dataset_dir, read_ecgfm_metadata
-from ecgfm.data.tfds_builders.base import EcgBuilder
+from ecgfm.data.tfds_builders.base import EcgBuilder, config_in_code_quietly
 from ecgfm.data.tfds_builders.code import code_dataset_builder
 from ecgfm.data.tfds_builders.cpsc2018 import cpsc2018_dataset_builder
 from ecgfm.data.tfds_builders.ptbxl import ptbxl_dataset_builder
@@ -77,16 +81,10 @@ def make_builder(
         on_error=on_error,
         **options,
     )
-    # TFDS warns through absl that a config was passed in code, as every ecgfm build does.
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
+    with config_in_code_quietly():
         return module.Builder(
             config=config, data_dir=os.fspath(data_dir), file_format="array_record"
         )
-    finally:
-        absl_logger.setLevel(level)
 
 
 def prepare_dataset(
@@ -96,6 +94,9 @@ def prepare_dataset(
     *,
     preprocessing: Preprocessing | None = None,
     on_error: OnError = "raise",
+    beam_runner: str | None = None,
+    beam_workers: int | None = None,
+    beam_options: str | Sequence[str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Builds dataset `name` from `src_dir` into `data_dir`; returns `describe_built_dataset`.
@@ -105,7 +106,19 @@ def prepare_dataset(
     "default") and `compression` of the shards (`base.COMPRESSIONS`, default "none"). With
     `on_error="skip"` bad records are left out and listed, with their ids and reasons, under
     `skipped` of each split.
+
+    By default one process builds. With `beam_runner` ("direct": `beam_workers` local
+    processes, default one per core; or a cluster runner such as "FlinkRunner",
+    "SparkRunner", "DataflowRunner") or `beam_options` (flags, e.g. "--runner=FlinkRunner
+    --flink_master=..."), Apache Beam builds (the `beam` extra; see `beam_build`): the same
+    records in the same order, the same index and metadata. On a cluster, every worker must
+    see `src_dir` and `data_dir` at the same paths (a shared file system: the readers open
+    HDF5/WFDB/MAT files by path). A bad record that a worker raises on is raised here as
+    `EcgFormatError`, as in a single-process build.
     """
+    beam = None
+    if beam_runner is not None or beam_workers is not None or beam_options is not None:
+        beam = beam_config(beam_runner, beam_workers, beam_options)
     builder = make_builder(
         name, src_dir, data_dir, preprocessing=preprocessing, on_error=on_error, **options
     )
@@ -116,14 +129,54 @@ def prepare_dataset(
     try:
         builder.download_and_prepare(
             download_dir=os.fspath(pathlib.Path(data_dir) / "downloads"),
-            download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(src_dir)),
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=os.fspath(src_dir),
+                beam_runner=None if beam is None else beam[0],
+                beam_options=None if beam is None else beam[1],
+            ),
         )
     except AssertionError as err:  # TFDS's "No examples were yielded" for a split
         empty = _empty_split_error(builder, src_dir)
         if empty is None:
             raise
         raise empty from err
+    except RuntimeError as err:  # how Beam reports a worker's error
+        known = None if beam is None else _beam_worker_error(err, src_dir)
+        if known is None:
+            raise
+        raise known from err
     return describe_built_dataset(data_dir, name, config=builder.builder_config.name)
+
+
+def beam_config(
+    runner: str | None, workers: int | None, options: str | Sequence[str] | None
+) -> tuple[str | None, Any]:
+    """(runner, PipelineOptions) for a Beam build; a clear error without the `beam` extra."""
+    try:
+        from ecgfm.data.tfds_builders.beam_build import pipeline_options
+    except ImportError as err:
+        raise ImportError(
+            f"a Beam build needs Apache Beam ({err}); install it with: pip install 'ecgfm[beam]'"
+        ) from err
+    return pipeline_options(runner, workers=workers, options=options)
+
+
+def _beam_worker_error(err: RuntimeError, src_dir: str | os.PathLike) -> EcgFormatError | None:
+    """The `EcgFormatError` a Beam worker raised, as a single-process build raises it."""
+    text = str(err)
+    bad = re.search(
+        rf"{EcgFormatError.__module__}.EcgFormatError: (.+?): (.+?) \[while running", text
+    )
+    if bad:  # a bad record with on_error="raise"
+        return EcgFormatError(bad[1], bad[2])
+    empty = re.search(r"total number of generated examples is 0 for split (\S+)\.", text)
+    if empty:  # the split's every record was skipped; the workers logged each one
+        return EcgFormatError(
+            pathlib.Path(src_dir),
+            f"split {empty[1]!r} has no readable record: all were skipped as bad (each is "
+            "logged above)",
+        )
+    return None
 
 
 def _empty_split_error(builder: Any, src_dir: str | os.PathLike) -> EcgFormatError | None:

@@ -22,17 +22,26 @@ Shards. array_record files, one record per group (random access), compressed as
 Order. Records are written in split-plan order (`disable_shuffling`, integer keys), and each
 split's record_id/patient_id list is saved beside the shards (`sources.INDEX_FILE`) inside the
 build's temporary folder, so it is renamed into place with the shards or not at all.
+
+Generation. `EcgBuilder.convert` does one record's work (read → preprocess → quantize →
+example) and `SplitSummary` collects a split's index and metadata from its results. A build in
+this process calls both in a loop; a Beam build (`beam_build`, when `prepare_dataset` is given
+a runner) calls the same two on its workers and gives the same records, index and metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
 import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from tensorflow_datasets.core import file_adapters
 from tensorflow_datasets.core import writer as tfds_writer
 
@@ -48,6 +57,9 @@ COMPRESSIONS = {
     "zstd": "group_size:1,zstd:3",
 }
 DEFAULT_COMPRESSION = "none"
+# A Beam build's per-split summary, written by the pipeline beside the shards and moved into
+# metadata.json (then deleted) when the pipeline has finished.
+SUMMARY_FILE = "ecgfm_summary_{split}.json"
 MICROVOLT = 1e-3  # mV per count when the values are whole microvolts
 _INT16_MAX = 32767
 
@@ -137,6 +149,18 @@ class ShardWriter(tfds_writer.ExampleWriter):
         writer.close()
 
 
+@contextlib.contextmanager
+def config_in_code_quietly() -> Iterator[None]:
+    """Silences TFDS's absl warning that a config was passed in code, as every ecgfm build does."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
 @dataclasses.dataclass(frozen=True)
 class SplitPlan:
     """Which record ids go to which split, and how that was decided (for the metadata)."""
@@ -154,6 +178,7 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         "(`ecgfm prepare <name> <folder> <data_dir>`)."
     )
     builder_config: EcgBuilderConfig
+    _beam_splits: list[str] | None = None  # the splits a Beam pipeline builds, else None
 
     # -- what each dataset provides ------------------------------------------------------------
     def open_reader(self, root: pathlib.Path) -> Any:
@@ -179,6 +204,11 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {}
 
     # -- shared ---------------------------------------------------------------------------------
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # TFDS pickles a builder as its constructor's arguments (Beam workers get it so).
+        with config_in_code_quietly():
+            super().__setstate__(state)
+
     def _example_writer(self) -> ShardWriter:
         return ShardWriter(self.builder_config.compression)
 
@@ -241,8 +271,19 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             disable_shuffling=True,
         )
 
+    def _download_and_prepare(
+        self, dl_manager: tfds.download.DownloadManager, download_config: Any
+    ) -> None:
+        # TFDS builds through Beam when a `_generate_examples` returns a PTransform; ours do
+        # exactly when the caller named a runner or pipeline options.
+        self._beam_splits = None
+        if download_config.beam_runner is not None or download_config.beam_options is not None:
+            self._beam_splits = []
+        super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        reader = self.open_reader(pathlib.Path(dl_manager.manual_dir))
+        self._source_dir = pathlib.Path(dl_manager.manual_dir)
+        reader = self.open_reader(self._source_dir)
         # Rows the reader itself skipped while opening (bad CSV rows, exams without a shard).
         self.info.metadata[ECGFM_METADATA_KEY]["skipped_when_opening"] = [
             {"record": where, "reason": why} for where, why in reader.skip_log.skipped
@@ -279,51 +320,125 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             **self.extra_values(record),
         }
 
-    def _generate_examples(self, reader: Any, split: str, record_ids: list[str]) -> Iterator:
-        skip_log = SkipLog()
-        written: list[tuple[str, str]] = []
-        label_counts = {t: np.zeros(len(n), np.int64) for t, n in self.builder_config.tasks.items()}
-        for key, record_id in enumerate(record_ids):
-            try:
-                record = self.read_record(reader, record_id)
-                example = self._example(record)
-            except EcgFormatError as err:
-                handle_bad_record(err, self.builder_config.on_error, skip_log)
-                continue
-            except ValueError as err:  # e.g. preprocessing refuses a too-short record
-                bad = EcgFormatError(f"record {record_id}", str(err))
-                handle_bad_record(bad, self.builder_config.on_error, skip_log)
-                continue
-            for task in label_counts:
-                label_counts[task] += example["labels"][task] * example["label_mask"][task]
-            written.append((example["record_id"], example["patient_id"]))
-            yield key, example
-        self._finish_split(split, written, label_counts, skip_log)
+    def convert(self, reader: Any, key: int, record_id: str) -> Converted:
+        """Record `key` of a split plan: read → preprocess → quantize → example.
 
-    def _finish_split(
-        self,
-        split: str,
-        written: list[tuple[str, str]],
-        label_counts: Mapping[str, np.ndarray],
-        skip_log: SkipLog,
-    ) -> None:
-        record_ids = [r for r, _ in written]
-        patient_ids = [p for _, p in written]
+        The per-record work of both builds (a single process, or Beam workers). A bad record
+        raises `EcgFormatError`, or with `on_error="skip"` comes back as skipped, with why.
+        """
+        try:
+            record = self.read_record(reader, record_id)
+            return Converted(key, record_id, example=self._example(record))
+        except EcgFormatError as err:
+            bad = err
+        except ValueError as err:  # e.g. preprocessing refuses a too-short record
+            bad = EcgFormatError(f"record {record_id}", str(err))
+        skip_log = SkipLog()
+        handle_bad_record(bad, self.builder_config.on_error, skip_log)
+        return Converted(key, record_id, skipped=skip_log.skipped[0])
+
+    def _generate_examples(self, reader: Any, split: str, record_ids: list[str]) -> Any:
+        if self._beam_splits is not None:  # the same work, spread over Beam's workers
+            from ecgfm.data.tfds_builders import beam_build
+
+            self._beam_splits.append(split)
+            return beam_build.generate_examples(
+                self, split, record_ids, source_dir=self._source_dir, build_dir=self.data_dir
+            )
+        return self._generate_in_process(reader, split, record_ids)
+
+    def _generate_in_process(self, reader: Any, split: str, record_ids: list[str]) -> Iterator:
+        summary = SplitSummary(self.builder_config.tasks)
+        for key, record_id in enumerate(record_ids):
+            converted = self.convert(reader, key, record_id)
+            summary.add(converted)
+            if converted.example is not None:
+                yield key, converted.example
         # The builder's data_dir is the build's temporary folder until TFDS renames it.
-        np.savez(
-            pathlib.Path(self.data_dir) / INDEX_FILE.format(split=split),
-            record_id=np.asarray(record_ids, dtype=np.str_),
-            patient_id=np.asarray(patient_ids, dtype=np.str_),
-        )
-        tasks = self.builder_config.tasks
-        self.info.metadata[ECGFM_METADATA_KEY]["splits"][split] = {
-            "num_records": len(written),
-            "num_patients": len({p for p in patient_ids if p}),
+        summary.write_index(split_file(self.data_dir, INDEX_FILE, split))
+        self._record_split(split, summary.metadata())
+
+    def _process_pipeline_result(self, pipeline_result: Any) -> None:
+        """After a Beam build: each split's summary, written by the pipeline, into metadata."""
+        super()._process_pipeline_result(pipeline_result)
+        for split in self._beam_splits or ():
+            path = split_file(self.data_dir, SUMMARY_FILE, split)
+            self._record_split(split, json.loads(path.read_text()))
+            path.unlink()  # only metadata.json keeps it, as in a single-process build
+
+    def _record_split(self, split: str, summary: Mapping[str, Any]) -> None:
+        self.info.metadata[ECGFM_METADATA_KEY]["splits"][split] = dict(summary)
+        if summary["skipped"]:
+            lines = [f"{len(summary['skipped'])} records skipped:"]
+            lines += [f"  {s['record']}: {s['reason']}" for s in summary["skipped"]]
+            print(f"{self.name} {split}: " + "\n".join(lines))
+
+
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    """Record `key` of a split plan after `EcgBuilder.convert`: its example, or why not."""
+
+    key: int
+    record_id: str
+    example: Mapping[str, Any] | None = None
+    skipped: tuple[str, str] | None = None  # (where, reason)
+
+
+class SplitSummary:
+    """A split's index (record and patient ids) and metadata summary, record by record.
+
+    Records may arrive in any order and in parts (`merge` joins the summaries of Beam
+    workers); everything is put in key order (the split plan's) when read, so both builds
+    write the same index and metadata.
+    """
+
+    def __init__(self, tasks: Mapping[str, Sequence[str]]):
+        self.tasks = {t: tuple(names) for t, names in tasks.items()}
+        self.written: list[tuple[int, str, str]] = []  # (key, record_id, patient_id)
+        self.skipped: list[tuple[int, str, str]] = []  # (key, where, reason)
+        self.label_counts = {t: np.zeros(len(n), np.int64) for t, n in self.tasks.items()}
+
+    def add(self, converted: Converted) -> None:
+        example = converted.example
+        if example is None:
+            where, why = converted.skipped or ("", "")
+            self.skipped.append((converted.key, where, why))
+            return
+        self.written.append((converted.key, example["record_id"], example["patient_id"]))
+        for task, counts in self.label_counts.items():
+            counts += np.asarray(example["labels"][task]) * np.asarray(example["label_mask"][task])
+
+    def merge(self, other: SplitSummary) -> SplitSummary:
+        self.written += other.written
+        self.skipped += other.skipped
+        for task, counts in self.label_counts.items():
+            counts += other.label_counts[task]
+        return self
+
+    def metadata(self) -> dict[str, Any]:
+        """`num_records`, `num_patients`, `label_counts`, `skipped`: metadata.json's per split."""
+        patients = {p for _, _, p in self.written if p}
+        return {
+            "num_records": len(self.written),
+            "num_patients": len(patients),
             "label_counts": {
-                t: {name: int(c) for name, c in zip(tasks[t], label_counts[t], strict=True)}
-                for t in tasks
+                t: {name: int(c) for name, c in zip(names, self.label_counts[t], strict=True)}
+                for t, names in self.tasks.items()
             },
-            "skipped": [{"record": where, "reason": why} for where, why in skip_log.skipped],
+            "skipped": [{"record": where, "reason": why} for _, where, why in sorted(self.skipped)],
         }
-        if skip_log.skipped:
-            print(f"{self.name} {split}: {skip_log.summary()}")
+
+    def write_index(self, path: epath.PathLike) -> None:
+        """`sources.INDEX_FILE`: record_id and patient_id of the written records, in order."""
+        written = sorted(self.written)
+        with epath.Path(path).open("wb") as f:  # also on a cluster's storage (gs://, s3://)
+            np.savez(
+                f,
+                record_id=np.asarray([r for _, r, _ in written], dtype=np.str_),
+                patient_id=np.asarray([p for _, _, p in written], dtype=np.str_),
+            )
+
+
+def split_file(build_dir: epath.PathLike, template: str, split: str) -> epath.Path:
+    """A split's file beside the shards, e.g. `INDEX_FILE` of "train"."""
+    return epath.Path(build_dir) / template.format(split=split)
