@@ -596,6 +596,23 @@ def test_malformed_database_row_names_its_line_or_is_skipped(head_root):
     assert len(dataset.skip_log) == 1
 
 
+def test_database_rows_that_are_not_utf8_name_their_line_or_are_skipped(head_root):
+    path = head_root / ptbxl.DATABASE_FILE
+    lines = path.read_bytes().split(b"\n")
+    for k in (3, 200):  # ecg_ids 3 and 201 get a Latin-1 byte in their report
+        lines[k] = lines[k].replace(b",", b",\xe4", 1)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(EcgFormatError, match="line 4: not UTF-8 text") as err:
+        ptbxl.PtbXl(head_root)
+    assert err.value.path == str(path)
+    dataset = ptbxl.PtbXl(head_root, on_error="skip")
+    assert dataset.skip_log.skipped == [
+        (str(path), "line 4: not UTF-8 text"),
+        (str(path), "line 201: not UTF-8 text"),
+    ]
+    assert len(dataset) == 519 and "3" not in dataset.record_ids and "4" in dataset.record_ids
+
+
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
