@@ -36,7 +36,7 @@ def read_csv_table(
     spans lines. `read_csv` goes to `pd.read_csv`.
     """
     check_file(path)  # before pandas opens it: a FIFO would block it forever
-    header = _read_header(path)
+    header = read_csv_header(path)
     try:
         frame, bad_lines = _read_frame(path, on_error, skip_log, "strict", read_csv)
         not_utf8: list[int] = []
@@ -102,7 +102,7 @@ def _read_frame(
     return frame, bad_lines
 
 
-def _read_header(path: pathlib.Path) -> list[str]:
+def read_csv_header(path: pathlib.Path) -> list[str]:
     """The stripped column names of a CSV; a missing file, no header or a repeat raises."""
     try:
         with open(path, "rb") as f:
