@@ -190,6 +190,18 @@ def test_dummy_rows_are_skipped_and_counted(written):
         dataset.read(0)
 
 
+def test_shards_holding_only_dummy_rows_lose_their_exams_by_name(copy):
+    # An IndexError escaped from locating exams when no shard stored any.
+    exam_id = first_exam_of(copy, "exams_part0.hdf5")
+    for shard in sorted(copy.glob("exams_part*.hdf5")):
+        rewrite_shard(shard, lambda ids, x: (ids[-1:], x[-1:]))
+    with pytest.raises(EcgFormatError, match=r"exam \d+ \(line 2 of exams\.csv\) is not in its"):
+        CodeDataset(copy)
+    assert len(CodeDataset(copy, on_error="skip").record_ids) == 0
+    with pytest.raises(EcgFormatError, match=f"has no exam {exam_id}"):
+        read_code_exam(copy / "exams_part0.hdf5", exam_id)
+
+
 def test_exam_ids_labels_and_patients_follow_exams_csv(written):
     root, _ = written
     dataset = CodeDataset(root)

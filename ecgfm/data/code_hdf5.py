@@ -284,6 +284,9 @@ def locate_exams(
     repeated = stored[~first & (stored != DUMMY_EXAM_ID)].unique().to_numpy()
     at = stored[first].get_indexer(exam_ids)
     found = at >= 0
+    at = np.where(found, at, 0)  # a valid index where nothing was found (masked below)
+    if not first.any():  # no shard stores an exam: nothing to index into
+        return np.full(len(exam_ids), -1, np.int32), np.full(len(exam_ids), -1), repeated
     shard = np.where(found, shard_of[first][at], -1).astype(np.int32)
     row = np.where(found, row_of[first][at], -1).astype(np.int64)
     return shard, row, repeated
