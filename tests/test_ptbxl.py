@@ -215,6 +215,15 @@ def test_bad_strat_fold_names_file_and_row(head_root):
         ptbxl.PtbXl(head_root)
 
 
+@pytest.mark.parametrize("patient_id", ["inf", "1e400", "-inf", "15709.5"])
+def test_patient_id_that_is_not_a_whole_number_names_the_row(head_root, patient_id):
+    # inf and 1e400 used to escape as OverflowError from int().
+    _edit_database(head_root, lambda s: s.replace("\n1,15709.0,", f"\n1,{patient_id},", 1))
+    with pytest.raises(EcgFormatError, match=r"ecg_id 1: patient_id \S+ is not an id"):
+        ptbxl.PtbXl(head_root)
+    assert "1" not in ptbxl.PtbXl(head_root, on_error="skip").record_ids
+
+
 # --- Real samples through WFDB format 16 --------------------------------------------------------
 
 

@@ -216,6 +216,8 @@ class _Labeller:
         age_over_89 = age == MASKED_AGE
         age = None if age_over_89 else parse_age(age, path, f"{where}: age")
         patient_id = _optional_number(row["patient_id"], "patient_id", where, path)
+        if patient_id is not None and not (math.isfinite(patient_id) and patient_id.is_integer()):
+            raise EcgFormatError(path, f"{where}: patient_id {row['patient_id']!r} is not an id")
         return dict(
             record_id=str(ecg_id),
             source="ptbxl",
@@ -244,7 +246,8 @@ def _read_database(path: pathlib.Path, on_error: OnError, skip_log: SkipLog | No
     if missing:
         raise EcgFormatError(path, f"missing columns {missing}")
     ecg_id = pd.to_numeric(frame["ecg_id"], errors="coerce").to_numpy(np.float64)
-    bad_id = ~(ecg_id > 0) | (np.mod(ecg_id, 1) != 0)
+    with np.errstate(invalid="ignore"):  # inf % 1 is NaN: bad either way
+        bad_id = ~(ecg_id > 0) | (np.mod(ecg_id, 1) != 0)
     first_line = pd.Series(lines).groupby(ecg_id).transform("first").to_numpy()
     repeat = ~bad_id & (first_line != lines)
     for i in np.flatnonzero(bad_id | repeat).tolist():
