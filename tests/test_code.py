@@ -349,6 +349,21 @@ def test_missing_shard_is_named(copy):
         CodeDataset(copy)
 
 
+def test_shard_without_tracings_is_named(copy):
+    path = copy / "exams_part0.hdf5"
+    with h5py.File(path, "a") as f:
+        del f["tracings"]
+    with pytest.raises(EcgFormatError, match=r"exams_part0\.hdf5.*'tracings' is missing"):
+        CodeDataset(copy)
+
+
+def test_dataset_listed_but_not_found_by_name_is_called_a_damaged_index(copy, monkeypatch):
+    # What a byte flip in a shard's name index did: keys() listed 'tracings', get() missed it.
+    monkeypatch.setattr(h5py.File, "get", lambda *args, **kwargs: None)
+    with pytest.raises(EcgFormatError, match=r"'tracings' is listed but cannot be looked up"):
+        CodeDataset(copy)
+
+
 def test_wrong_lead_count_is_named(copy):
     rewrite_shard(copy / "exams_part0.hdf5", lambda ids, x: (ids, x[:, :, :10]))
     with pytest.raises(EcgFormatError, match=r"exams_part0\.hdf5.*10 leads"):

@@ -120,7 +120,10 @@ def _dataset(f: h5py.File, name: str, path: pathlib.Path) -> h5py.Dataset:
     with h5_errors(path, f"dataset {name!r} cannot be opened"):
         link = f.get(name, getlink=True)
         if link is None:
-            raise EcgFormatError(path, f"has no {name!r} dataset (has {sorted(f.keys())})")
+            names = sorted(f.keys())
+            # A damaged name index can list a name that lookup by name then misses.
+            problem = "is listed but cannot be looked up" if name in names else "is missing"
+            raise EcgFormatError(path, f"dataset {name!r} {problem} (the file lists {names})")
         if not isinstance(link, h5py.HardLink):
             raise EcgFormatError(path, f"{name!r} is a {type(link).__name__} to another file")
         dataset = f[name]
