@@ -76,7 +76,7 @@ _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 14, 15, 16
 _MI_NUMERIC = frozenset({1, 2, 3, 4, 5, 6, 7, 9, 12, 13})
 _UINT32, _INT32, _BYTES = frozenset({6}), frozenset({5}), frozenset({1, 2})
 _TEXT = frozenset({1, 2, 3, 4, 5, 6, 16, 17, 18})  # MATLAB writes miUINT16, scipy miUTF8
-# MATLAB array classes: code -> numpy type of the values (None: handled apart or refused).
+# MATLAB array classes (code -> numpy type of the values for the numeric ones).
 _CELL, _STRUCT, _OBJECT, _CHAR, _SPARSE = 1, 2, 3, 4, 5
 _NUMERIC_CLASSES: dict[int, str] = {
     6: "f8", 7: "f4", 8: "i1", 9: "u1", 10: "i2", 11: "u2", 12: "i4", 13: "u4", 14: "i8", 15: "u8",
