@@ -279,6 +279,11 @@ def test_gain_and_baseline_give_millivolts(record_copy):
         ("HR06000 12 500 5000", "HR06000 12 500", "lacks"),
         ("HR06000 12 500 5000", "HR06001 12 500 5000", "header is for record 'HR06001'"),
         (" 10 23323 0 I\n", " 10 23324 0 I\n", "lead I: checksum 23323 differs"),
+        # Used to escape as OverflowError from numpy's int64.
+        (" 10 23323 0 I\n", " 10 99999999999999999999999 0 I\n", "is not a 16-bit sum"),
+        ("1000.0(0)/mv", "1e400(0)/mv", "gain '1e400(0)/mv' is not positive and finite"),
+        ("HR06000 12 500 5000", "HR06000 12 inf 5000", "sampling rate over 100000 Hz"),
+        ("HR06000 12 500 5000", "HR06000 100 500 5000", "or over 64 leads"),
         ("# Age: 59", "# Age: old", "Age"),
         ("# Sex: Female", "# Sex: X", "Sex"),
         ("# Dx: 164934002,426783006", "# Dx: Unknown", "Dx"),
@@ -310,7 +315,7 @@ def test_unknown_age_and_sex_become_none(record_copy, age, sex, expected):
 def test_truncated_mat_names_the_file(record_copy):
     mat = record_copy.with_suffix(".mat")
     mat.write_bytes(mat.read_bytes()[:60000])
-    with pytest.raises(EcgFormatError, match="unreadable MATLAB file") as info:
+    with pytest.raises(EcgFormatError, match="truncated") as info:
         read_challenge_record(record_copy)
     assert info.value.path == str(mat)
 
@@ -397,3 +402,64 @@ def test_record_found_in_two_folders_raises_or_is_skipped(record_copy):
     dataset = ChallengeDataset(record_copy.parent, on_error="skip")
     assert dataset.record_ids == ("HR06000",) and len(dataset.skip_log) == 1
     assert dataset.read("HR06000").record_id == "HR06000"
+
+
+def test_signal_file_outside_the_headers_folder_is_refused(record_copy):
+    _edit_header(record_copy, "HR06000.mat 16x1+24", "/dev/zero 16x1+24", count=12)
+    with pytest.raises(EcgFormatError, match="'/dev/zero' is not a file name in the header's"):
+        read_challenge_record(record_copy)
+
+
+def _val(record_copy):
+    return scipy.io.loadmat(record_copy.with_suffix(".mat"))["val"]
+
+
+def test_val_stored_as_double_reads_as_int16_and_is_checksummed(record_copy):
+    val = _val(record_copy)
+    expected = read_challenge_record(record_copy).signal
+    scipy.io.savemat(record_copy.with_suffix(".mat"), {"val": val.astype(np.float64)}, format="4")
+    np.testing.assert_array_equal(read_challenge_record(record_copy).signal, expected)
+    # A float val used to skip the checksum: one changed sample now fails it.
+    changed = val.astype(np.float64)
+    changed[0, 10] += 1
+    scipy.io.savemat(record_copy.with_suffix(".mat"), {"val": changed}, format="4")
+    with pytest.raises(EcgFormatError, match=r"lead I: checksum .* differs"):
+        read_challenge_record(record_copy)
+
+
+def test_val_that_is_not_int16_values_is_refused_with_its_position(record_copy):
+    val = _val(record_copy).astype(np.float64)
+    val[1, 7] += 0.5
+    scipy.io.savemat(record_copy.with_suffix(".mat"), {"val": val}, format="4")
+    with pytest.raises(EcgFormatError, match="1 float64 samples are not int16 values.*first "
+                       r"-17\.5 at sample 7 of lead II"):  # fmt: skip
+        read_challenge_record(record_copy)
+
+
+def test_uint16_val_that_wrapped_negative_samples_is_refused(record_copy):
+    # int16 samples saved as uint16 turn -1 into 65535: the mod-2**16 checksum still matches,
+    # and the record used to read with samples up to 65 mV.
+    val = _val(record_copy)
+    assert val.min() < 0
+    scipy.io.savemat(record_copy.with_suffix(".mat"), {"val": val.astype(np.uint16)}, format="4")
+    with pytest.raises(EcgFormatError, match="uint16 samples are not int16 values") as info:
+        read_challenge_record(record_copy)
+    assert info.value.path == str(record_copy.with_suffix(".mat"))
+
+
+def test_gain_that_makes_the_record_1000_times_too_large_is_refused(record_copy):
+    _edit_header(record_copy, "1000.0(0)/mv", "1.0(0)/mv", count=12)
+    with pytest.raises(EcgFormatError, match="beyond ±50 mV") as info:
+        read_challenge_record(record_copy)
+    assert info.value.path == str(record_copy.with_suffix(".mat"))
+
+
+def test_all_zero_record_is_refused(record_copy):
+    header = record_copy.read_text().splitlines()
+    header[1:13] = [re.sub(r" -?\d+ -?\d+ 0 (\S+)$", r" 0 0 0 \1", line) for line in header[1:13]]
+    record_copy.write_text("\n".join(header) + "\n")
+    scipy.io.savemat(
+        record_copy.with_suffix(".mat"), {"val": np.zeros((12, 5000), np.int16)}, format="4"
+    )
+    with pytest.raises(EcgFormatError, match="every lead is constant"):
+        read_challenge_record(record_copy)

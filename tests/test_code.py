@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import os
 import pathlib
 import pickle
 import shutil
+import struct
+import time
 
 import h5py
 import numpy as np
@@ -187,6 +190,18 @@ def test_dummy_rows_are_skipped_and_counted(written):
         dataset.read(0)
 
 
+def test_shards_holding_only_dummy_rows_lose_their_exams_by_name(copy):
+    # An IndexError escaped from locating exams when no shard stored any.
+    exam_id = first_exam_of(copy, "exams_part0.hdf5")
+    for shard in sorted(copy.glob("exams_part*.hdf5")):
+        rewrite_shard(shard, lambda ids, x: (ids[-1:], x[-1:]))
+    with pytest.raises(EcgFormatError, match=r"exam \d+ \(line 2 of exams\.csv\) is not in its"):
+        CodeDataset(copy)
+    assert len(CodeDataset(copy, on_error="skip").record_ids) == 0
+    with pytest.raises(EcgFormatError, match=f"has no exam {exam_id}"):
+        read_code_exam(copy / "exams_part0.hdf5", exam_id)
+
+
 def test_exam_ids_labels_and_patients_follow_exams_csv(written):
     root, _ = written
     dataset = CodeDataset(root)
@@ -334,6 +349,21 @@ def test_missing_shard_is_named(copy):
         CodeDataset(copy)
 
 
+def test_shard_without_tracings_is_named(copy):
+    path = copy / "exams_part0.hdf5"
+    with h5py.File(path, "a") as f:
+        del f["tracings"]
+    with pytest.raises(EcgFormatError, match=r"exams_part0\.hdf5.*'tracings' is missing"):
+        CodeDataset(copy)
+
+
+def test_dataset_listed_but_not_found_by_name_is_called_a_damaged_index(copy, monkeypatch):
+    # What a byte flip in a shard's name index did: keys() listed 'tracings', get() missed it.
+    monkeypatch.setattr(h5py.File, "get", lambda *args, **kwargs: None)
+    with pytest.raises(EcgFormatError, match=r"'tracings' is listed but cannot be looked up"):
+        CodeDataset(copy)
+
+
 def test_wrong_lead_count_is_named(copy):
     rewrite_shard(copy / "exams_part0.hdf5", lambda ids, x: (ids, x[:, :, :10]))
     with pytest.raises(EcgFormatError, match=r"exams_part0\.hdf5.*10 leads"):
@@ -372,6 +402,177 @@ def test_all_zero_tracing_of_a_listed_exam_is_an_error(copy):
     rewrite_shard(copy / "exams_part0.hdf5", blank)
     with pytest.raises(EcgFormatError, match=rf"exams_part0\.hdf5: exam {exam_id}.*all zeros"):
         CodeDataset(copy).read(exam_id)
+
+
+@pytest.mark.parametrize(
+    ("scale", "shown"), [(1000.0, "beyond ±50 mV"), (1e30, "beyond ±50 mV"), (0.0, "all zeros")]
+)
+def test_tracing_in_the_wrong_units_or_garbage_names_its_exam(copy, scale, shown):
+    # ×1000 or ×1e30 used to be read and end as "loss is nan at step 1", naming no exam.
+    exam_id = first_exam_of(copy, "exams_part2.hdf5")
+
+    def rescale(ids, x):
+        x[0] *= np.float32(scale)
+        return ids, x
+
+    rewrite_shard(copy / "exams_part2.hdf5", rescale)
+    dataset = CodeDataset(copy)
+    with pytest.raises(EcgFormatError, match=rf"exams_part2\.hdf5: exam {exam_id} .*{shown}"):
+        dataset.read(exam_id)
+    skip_log = SkipLog()
+    assert len(list(dataset.iter_records("skip", skip_log))) == NUM_EXAMS - 1
+    assert skip_log.skipped[0][0] == str(copy / "exams_part2.hdf5")
+
+
+def test_constant_nonzero_tracing_is_refused_as_a_flat_line(copy):
+    exam_id = first_exam_of(copy, "exams_part0.hdf5")
+
+    def flatten(ids, x):
+        x[0] = 0.25  # no zero padding to find, and no ECG either
+        return ids, x
+
+    rewrite_shard(copy / "exams_part0.hdf5", flatten)
+    with pytest.raises(EcgFormatError, match=rf"exam {exam_id} .*every lead is constant"):
+        CodeDataset(copy).read(exam_id)
+
+
+def test_shard_declaring_huge_exams_is_refused_at_once(copy):
+    # A 2 KB HDF5 declaring 1e7-sample exams took ~10 s and ~480 MB per read.
+    path = copy / "exams_part0.hdf5"
+    with h5py.File(path, "r") as f:
+        exam_ids = f["exam_id"][:]
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f.create_dataset("exam_id", data=exam_ids)
+        f.create_dataset("tracings", shape=(len(exam_ids), 10**7, 12), dtype=np.float32,
+                         chunks=(1, 4096, 12))  # fmt: skip
+    assert path.stat().st_size < 10_000
+    start = time.monotonic()
+    with pytest.raises(EcgFormatError, match="declare 10000000 samples per exam, more than 65536"):
+        CodeDataset(copy)
+    assert time.monotonic() - start < 2.0
+    dataset = CodeDataset(copy, on_error="skip")  # its exams are lost, the others read
+    assert len(dataset.record_ids) == NUM_EXAMS - len(exam_ids) + 1
+
+
+def test_exam_ids_the_file_cannot_hold_are_refused_before_reading(copy):
+    path = copy / "exams_part0.hdf5"
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f.create_dataset("exam_id", shape=(10**9,), dtype=np.int64, chunks=(4096,))
+        f.create_dataset("tracings", shape=(10**9, 4096, 12), dtype=np.float32,
+                         chunks=(1, 4096, 12))  # fmt: skip
+    with pytest.raises(EcgFormatError, match=r"exam_id declares 1000000000 ids .* in a file of"):
+        CodeDataset(copy)
+
+
+def _patch_dimension(path: pathlib.Path, old: int, new: int, copies: int) -> None:
+    """Overwrites `tracings`' dimensions in the file's dataspace message (dims, then max dims)."""
+    data = bytearray(path.read_bytes())
+    with h5py.File(path, "r") as f:
+        num_exams = f["tracings"].shape[0]
+    dims = struct.pack("<QQQ", num_exams, old, 12)
+    at = data.index(dims)
+    for k in range(copies):
+        data[at + 24 * k : at + 24 * k + 24] = struct.pack("<QQQ", num_exams, new, 12)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("copies", "problem"),
+    [(1, "is greater than maxdim size"), (2, "invalid dataset size, likely file corruption")],
+)
+def test_damaged_dataset_header_is_a_format_error_naming_file_and_dataset(copy, copies, problem):
+    # h5py raises KeyError here ("Unable to synchronously open object (...)"), which escaped.
+    path = copy / "exams_part1.hdf5"
+    _patch_dimension(path, 4096, 10**7, copies)
+    with pytest.raises(
+        EcgFormatError, match=rf"dataset 'tracings' cannot be opened: .*{problem}"
+    ) as info:
+        CodeDataset(copy)
+    assert info.value.path == str(path)
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_h5py_runtime_errors_become_format_errors(copy, monkeypatch):
+    # What h5py raised for a damaged symbol table in byte-flipped shards.
+    def broken(*args, **kwargs):
+        raise RuntimeError(
+            "Unable to synchronously check link existence (bad local heap signature)"
+        )
+
+    monkeypatch.setattr(h5py.File, "get", broken)
+    with pytest.raises(EcgFormatError, match=r"dataset 'tracings' cannot be opened: .*local heap"):
+        CodeDataset(copy)
+
+
+def test_dataset_kept_in_an_external_file_is_refused(copy, tmp_path):
+    path = copy / "exams_part0.hdf5"
+    with h5py.File(path, "r") as f:
+        exam_ids, tracings = f["exam_id"][:], f["tracings"][:]
+    outside = tmp_path / "outside.bin"
+    tracings.tofile(outside)
+    path.unlink()
+    with h5py.File(path, "w") as f:
+        f.create_dataset("exam_id", data=exam_ids)
+        f.create_dataset("tracings", shape=tracings.shape, dtype=np.float32,
+                         external=[(str(outside), 0, tracings.nbytes)])  # fmt: skip
+    with pytest.raises(EcgFormatError, match="keeps its data outside the file"):
+        CodeDataset(copy)
+
+
+def test_many_dummy_rows_are_refused_rather_than_each_read(copy):
+    def pad(ids, x):
+        return np.concatenate([ids, np.zeros(20, ids.dtype)]), np.concatenate(
+            [x, np.zeros((20, *x.shape[1:]), x.dtype)]
+        )
+
+    rewrite_shard(copy / "exams_part0.hdf5", pad)
+    with pytest.raises(
+        EcgFormatError, match=r"21 rows have exam_id 0 \(CODE shards close with one"
+    ):
+        CodeDataset(copy)
+
+
+def test_shard_that_is_a_fifo_is_refused_without_waiting(copy):
+    path = copy / "exams_part3.hdf5"
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(EcgFormatError, match=r"exams_part3\.hdf5: is a FIFO, socket or device"):
+        CodeDataset(copy)
+
+
+@pytest.mark.parametrize("trace_file", ["/dev/zero", "../code/exams_part0.hdf5"])
+def test_trace_file_that_is_not_a_name_in_the_folder_is_never_opened(copy, trace_file):
+    header, rows = csv_lists(copy)
+    rows[0][header.index("trace_file")] = trace_file
+    write_csv(copy, header, rows)
+    dataset = CodeDataset(copy)  # exams are found by exam_id in the folder's shards
+    assert {path.parent for path in dataset.shard_paths} == {copy}
+    assert len(list(dataset.iter_records())) == NUM_EXAMS
+
+
+def test_trace_file_name_too_long_is_a_format_error_and_skippable(copy):
+    header, rows = csv_lists(copy)
+    rows[0][header.index("trace_file")] = "x" * 300 + ".hdf5"
+    write_csv(copy, header, rows)
+    with pytest.raises(EcgFormatError, match="cannot be opened: File name too long"):
+        CodeDataset(copy)  # an OSError (ENAMETOOLONG) escaped before
+    dataset = CodeDataset(copy, on_error="skip")
+    assert len(list(dataset.iter_records())) == NUM_EXAMS  # the exam is in its real shard
+
+
+def test_csv_row_that_is_not_utf8_is_named_or_skipped(copy):
+    path = copy / "exams.csv"
+    lines = path.read_bytes().split(b"\n")
+    lines[4] = lines[4].replace(b",", b",\xe9", 1)  # a Latin-1 byte in line 5
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(EcgFormatError, match=r"exams\.csv: line 5: not UTF-8 text"):
+        CodeDataset(copy)
+    dataset = CodeDataset(copy, on_error="skip")
+    assert dataset.skip_log.skipped[0] == (str(path), "line 5: not UTF-8 text")
+    assert len(dataset.record_ids) == NUM_EXAMS - 1
+    assert len(list(dataset.iter_records())) == NUM_EXAMS - 1
 
 
 def test_exam_listed_in_csv_but_in_no_shard_is_named(copy):

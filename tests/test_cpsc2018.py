@@ -2,6 +2,7 @@
 
 import csv
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -34,8 +35,10 @@ def synthetic_root(tmp_path_factory):
 
 
 def _write_mat(path, sex="Male", age=50, data_CT=None):
-    data_CT = np.zeros((12, 3000)) if data_CT is None else data_CT
-    ecg = {"sex": sex, "age": np.array([[age]], dtype=np.uint8), "data": data_CT}
+    if data_CT is None:  # 12 leads of 1 mV sine waves, a signal the plausibility rule accepts
+        data_CT = np.sin(np.linspace(0, 20, 3000) + np.arange(12)[:, None])
+    age = np.zeros((0, 0)) if age is None else np.array([[age]], dtype=np.uint8)
+    ecg = {"sex": sex, "age": age, "data": data_CT}
     scipy.io.savemat(path, {"ECG": ecg})
     return path
 
@@ -130,7 +133,7 @@ def test_reference_with_wrong_header_is_rejected(tmp_path):
 def test_truncated_mat_names_the_file(real_data, tmp_path):
     path = tmp_path / "A1980.mat"
     path.write_bytes((real_data / "cpsc2018" / "A1980.mat").read_bytes()[:5000])
-    with pytest.raises(EcgFormatError, match="unreadable") as info:
+    with pytest.raises(EcgFormatError, match="truncated") as info:
         read_cpsc_mat(path)
     assert info.value.path == str(path)
 
@@ -289,7 +292,7 @@ def test_bad_reference_row_can_be_skipped_and_its_record_is_left_out(synthetic_r
 
 @pytest.mark.parametrize(("age", "expected"), [(89, 89.0), (150, 150.0), (200, None)])
 def test_age_above_150_is_refused_as_in_every_reader(tmp_path, age, expected):
-    path = _write_mat(tmp_path / "A0001.mat", age=age, data_CT=np.ones((12, 3000)))
+    path = _write_mat(tmp_path / "A0001.mat", age=age)
     if expected is None:
         with pytest.raises(EcgFormatError, match=r"ECG\.age is 200\.0, not an age in years"):
             read_cpsc_mat(path)
@@ -315,3 +318,67 @@ def test_single_file_finds_reference_beside_it(synthetic_root):
     expected = sorted(CPSC_CLASSES[int(c) - 1] for c in first_row[1:] if c)
     assert record.labels == tuple(expected)
     assert record.signal.shape[1] == len(LEADS)
+
+
+def test_reference_row_that_is_not_utf8_is_named_or_skipped(synthetic_root, tmp_path):
+    # A non-UTF-8 REFERENCE.csv used to escape as UnicodeDecodeError.
+    root = shutil.copytree(synthetic_root, tmp_path / "cpsc")
+    data = (root / "REFERENCE.csv").read_bytes().replace(b"A0004,", b"A0\xff04,")
+    (root / "REFERENCE.csv").write_bytes(data)
+    with pytest.raises(EcgFormatError, match=r"line 5 .*: not UTF-8 text") as info:
+        Cpsc2018(root)
+    assert info.value.path == str(root / "REFERENCE.csv")
+    dataset = Cpsc2018(root, on_error="skip")
+    assert "line 5" in dataset.skip_log.skipped[0][1]
+    # A0004.mat lost its row: it stays listed, so reading it is reported, not silently dropped.
+    records = list(dataset.iter_records(on_error="skip"))
+    assert len(records) == 5 and "A0004" not in [r.record_id for r in records]
+    assert dataset.skip_log.skipped[-1][0] == str(root / "A0004.mat")
+
+
+def test_all_zero_record_is_refused_as_code_refuses_an_all_zero_exam(tmp_path):
+    path = _write_mat(tmp_path / "A0001.mat", data_CT=np.zeros((12, 3000)))
+    with pytest.raises(EcgFormatError, match=r"every lead is constant .*at 0 mV") as info:
+        read_cpsc_mat(path)
+    assert info.value.path == str(path)
+
+
+def test_float64_above_float32_range_is_refused_not_read_as_inf(tmp_path):
+    data_CT = np.sin(np.linspace(0, 20, 3000) + np.arange(12)[:, None])
+    data_CT[2, 100] = 3.5e38  # passed the NaN/Inf check, then became inf in the float32 cast
+    path = _write_mat(tmp_path / "A0001.mat", data_CT=data_CT)
+    with pytest.raises(
+        EcgFormatError, match=r"up to 3\.5e\+38 mV\), first at sample 100 of lead III"
+    ):
+        read_cpsc_mat(path)
+
+
+def test_matlab_73_file_is_named_as_such(tmp_path):
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1".ljust(116)
+    path = tmp_path / "A0001.mat"
+    path.write_bytes(header + b"\0" * 8 + b"\x00\x02IM" + b"\0" * 512)
+    with pytest.raises(EcgFormatError, match=r"MATLAB v7\.3 file \(HDF5\), which is not read"):
+        read_cpsc_mat(path)
+
+
+@pytest.mark.parametrize(
+    ("ecg", "problem"),
+    [
+        ({"sex": "Male", "age": 50, "data": "text"}, "ECG.data is text, expected numbers"),
+        ({"sex": 1.0, "age": 50}, "ECG.sex is float64 1×1, expected text"),
+        ({"sex": "Male", "age": "fifty"}, "ECG.age is text, expected one number"),
+        ({"sex": "Male", "age": {"years": 50}}, "ECG.age is a struct, expected one number"),
+    ],
+)
+def test_struct_fields_of_the_wrong_kind_are_named(tmp_path, ecg, problem):
+    ecg = {"data": np.sin(np.linspace(0, 20, 3000) + np.arange(12)[:, None]), **ecg}
+    path = tmp_path / "A0001.mat"
+    scipy.io.savemat(path, {"ECG": ecg})
+    with pytest.raises(EcgFormatError, match=re.escape(problem)):
+        read_cpsc_mat(path)
+
+
+def test_empty_age_and_sex_mean_unknown(tmp_path):
+    path = _write_mat(tmp_path / "A0001.mat", sex="", age=None)
+    record = read_cpsc_mat(path)
+    assert (record.age, record.sex) == (None, None)

@@ -10,6 +10,7 @@ its own.
 
 import csv
 import hashlib
+import os
 import pathlib
 import pickle
 import re
@@ -212,6 +213,15 @@ def test_bad_strat_fold_names_file_and_row(head_root):
     _edit_database(head_root, lambda s: s.replace(f",3,{line_1}", f",11,{line_1}", 1))
     with pytest.raises(EcgFormatError, match="ecg_id 1: strat_fold 11"):
         ptbxl.PtbXl(head_root)
+
+
+@pytest.mark.parametrize("patient_id", ["inf", "1e400", "-inf", "15709.5"])
+def test_patient_id_that_is_not_a_whole_number_names_the_row(head_root, patient_id):
+    # inf and 1e400 used to escape as OverflowError from int().
+    _edit_database(head_root, lambda s: s.replace("\n1,15709.0,", f"\n1,{patient_id},", 1))
+    with pytest.raises(EcgFormatError, match=r"ecg_id 1: patient_id \S+ is not an id"):
+        ptbxl.PtbXl(head_root)
+    assert "1" not in ptbxl.PtbXl(head_root, on_error="skip").record_ids
 
 
 # --- Real samples through WFDB format 16 --------------------------------------------------------
@@ -470,7 +480,45 @@ BAD_FILES = {
     "zero gain": (lambda root: _replace_in_header(root, "1000.0(0)/mV", "0(0)/mV"), "gain"),
     "corrupted bytes": (lambda root: _corrupt_bytes(_dat(root)), "checksum"),
     "format": (lambda root: _replace_in_header(root, ".dat 16 ", ".dat 212 "), "format '212'"),
+    # A checksum too large for int64 used to escape as OverflowError.
+    "huge checksum": (lambda root: _set_checksum(root, "9" * 30), "is not a 16-bit sum"),
+    "gain 1/mV": (
+        lambda root: _replace_in_header(root, "1000.0(0)/mV", "1.0(0)/mV", 12) and _dat(root),
+        "beyond ±50 mV",
+    ),
+    "infinite gain": (
+        lambda root: _replace_in_header(root, "1000.0(0)/mV", "1e999(0)/mV"),
+        "not positive and finite",
+    ),
+    "signal file path": (
+        lambda root: _replace_in_header(root, "00002_hr.dat", "../00002_hr.dat", 12),
+        "is not a file name in the header's folder",
+    ),
+    "all zeros": (lambda root: _all_zeros(root), "every lead is constant"),
+    "fifo .dat": (lambda root: _fifo(_dat(root)), "FIFO, socket or device"),
 }
+
+
+def _set_checksum(root, checksum):
+    """Sets lead I's checksum field (the 7th of its signal line) in record 2's header."""
+    path = _header(root)
+    lines = path.read_text().splitlines()
+    fields = lines[1].split(" ")
+    fields[6] = checksum
+    lines[1] = " ".join(fields)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _all_zeros(root):
+    _write_wfdb(_dat(root).with_suffix(""), np.zeros((5000, 12), np.int16), 500)
+    return _dat(root)
+
+
+def _fifo(path):
+    path.unlink()
+    os.mkfifo(path)  # reading it would block forever
+    return path
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
@@ -557,6 +605,23 @@ def test_malformed_database_row_names_its_line_or_is_skipped(head_root):
     assert len(dataset.skip_log) == 1
 
 
+def test_database_rows_that_are_not_utf8_name_their_line_or_are_skipped(head_root):
+    path = head_root / ptbxl.DATABASE_FILE
+    lines = path.read_bytes().split(b"\n")
+    for k in (3, 200):  # ecg_ids 3 and 201 get a Latin-1 byte in their report
+        lines[k] = lines[k].replace(b",", b",\xe4", 1)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(EcgFormatError, match="line 4: not UTF-8 text") as err:
+        ptbxl.PtbXl(head_root)
+    assert err.value.path == str(path)
+    dataset = ptbxl.PtbXl(head_root, on_error="skip")
+    assert dataset.skip_log.skipped == [
+        (str(path), "line 4: not UTF-8 text"),
+        (str(path), "line 201: not UTF-8 text"),
+    ]
+    assert len(dataset) == 519 and "3" not in dataset.record_ids and "4" in dataset.record_ids
+
+
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
@@ -579,5 +644,25 @@ def test_bad_or_repeated_ecg_id_names_its_line_or_is_skipped(head_root, edit, pr
 def test_database_without_ecg_id_column_says_so(head_root):
     path = _edit_database(head_root, lambda s: s.replace("ecg_id,", "ecg,", 1))
     with pytest.raises(EcgFormatError, match=r"missing columns \['ecg_id'\]") as err:
+        ptbxl.PtbXl(head_root)
+    assert err.value.path == str(path)
+
+
+def test_database_filename_outside_the_dataset_folder_is_refused(broken_root):
+    _edit_database(
+        broken_root, lambda text: text.replace("records500/00000/00002_hr", "../../etc/00002_hr")
+    )
+    dataset = ptbxl.PtbXl(broken_root)
+    with pytest.raises(EcgFormatError, match="is not a path inside the dataset folder") as err:
+        dataset.read(2, 500)
+    assert err.value.path == str(broken_root / ptbxl.DATABASE_FILE)
+
+
+def test_scp_statements_that_are_not_utf8_name_the_line(head_root):
+    path = head_root / ptbxl.SCP_STATEMENTS_FILE
+    lines = path.read_bytes().split(b"\n")
+    lines[5] = lines[5].replace(b",", b"\xff,", 1)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(EcgFormatError, match="line 6: not UTF-8 text") as err:
         ptbxl.PtbXl(head_root)
     assert err.value.path == str(path)

@@ -162,6 +162,20 @@ def test_exams_the_reader_skips_while_opening_are_reported_too(tmp_path):
     assert sum(split["num_records"] for split in summary["splits"].values()) == 8
 
 
+def test_code_build_with_skip_bad_lists_a_csv_row_that_is_not_utf8(tmp_path):
+    src = write_code_dataset(tmp_path / "src", num_exams=8, seed=3)
+    csv_path = src / "exams.csv"
+    lines = csv_path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b",", b",\xe9", 1)
+    csv_path.write_bytes(b"\n".join(lines))
+    summary = prepare_dataset("code", src, tmp_path / "built", on_error="skip")
+    assert summary["skipped_when_opening"][0] == {
+        "record": str(csv_path),
+        "reason": "line 4: not UTF-8 text",
+    }
+    assert sum(split["num_records"] for split in summary["splits"].values()) == 7
+
+
 def test_rerun_after_an_interrupted_build_starts_again(tmp_path):
     src = write_code_dataset(tmp_path / "src", num_exams=6, seed=4)
     leftover = tmp_path / "data" / "code" / "default" / "incomplete.ABC_1.0.0"
@@ -221,6 +235,22 @@ def test_ptbxl_build_has_six_tasks_folds_and_patients(tmp_path):
             assert element["patient_id"] == record.patient_id
             total += 1
     assert total == len(reader)
+
+
+def test_ptbxl_build_with_skip_bad_lists_a_bad_database_row_and_builds_the_rest(tmp_path):
+    # `prepare ptbxl --skip-bad` used to exit on the first bad row.
+    src = write_ptbxl_dataset(tmp_path / "src", num_records=12, seed=0, sampling_rates=(500,))
+    database = src / "ptbxl_database.csv"
+    lines = database.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b",", b",\xff", 1)  # ecg_id 2: not UTF-8
+    database.write_bytes(b"\n".join(lines))
+    with pytest.raises(EcgFormatError, match="line 3: not UTF-8 text"):
+        prepare_dataset("ptbxl", src, tmp_path / "strict")
+    summary = prepare_dataset("ptbxl", src, tmp_path / "data", on_error="skip")
+    assert summary["skipped_when_opening"] == [
+        {"record": str(database), "reason": "line 3: not UTF-8 text"}
+    ]
+    assert sum(split["num_records"] for split in summary["splits"].values()) == 11
 
 
 def test_cpsc_build_from_synthetic_original_layout_uses_the_shipped_split(tmp_path):

@@ -154,8 +154,9 @@ def _read_val(mat_path: pathlib.Path) -> np.ndarray:
     if "val" not in contents:
         raise EcgFormatError(mat_path, "no matrix 'val'")
     val = contents["val"]
-    if val.ndim != 2 or not np.issubdtype(val.dtype, np.number):
-        raise EcgFormatError(mat_path, f"'val' is {val.dtype} {val.shape}, expected a matrix")
+    if not isinstance(val, np.ndarray) or val.ndim != 2 or val.dtype.kind not in "iuf":
+        kind = f"{val.dtype} {val.shape}" if isinstance(val, np.ndarray) else type(val).__name__
+        raise EcgFormatError(mat_path, f"'val' is {kind}, expected a numeric matrix")
     return val
 
 

@@ -32,8 +32,10 @@ from ecgfm.data.code_hdf5 import (
     read_shard_exam,
     read_tracing,
     shard_order,
+    shard_tracings,
     tracing_record,
 )
+from ecgfm.data.files import is_regular_file
 from ecgfm.data.reader import Reader
 from ecgfm.data.record import (
     EcgFormatError,
@@ -122,7 +124,10 @@ class CodeDataset(Reader):
         trace_files = table.metadata.get("trace_file")
         shard_paths = set(self.root.glob("exams_part*.hdf5"))
         if isinstance(trace_files, TextColumn):
-            shard_paths |= {self.root / name for name in trace_files.values.tolist()}
+            # A trace_file is a file name in the folder; any other (a path) locates no exam.
+            names = [str(n) for n in trace_files.values.tolist()]
+            names = [n for n in names if n == pathlib.PurePath(n).name]
+            shard_paths |= {self.root / name for name in names if name not in ("", ".", "..")}
         self.shard_paths: list[pathlib.Path] = []
         self._lead_names: list[tuple[str, ...]] = []
         self.num_dummy_rows = 0
@@ -242,9 +247,9 @@ class CodeDataset(Reader):
         """One exam as an `EcgRecord` (`[T, 12]` mV at 400 Hz, padding removed)."""
         i = self._position(record_id)
         shard = int(self._shard_index[i])
-        tracings = self._file(shard)["tracings"]
+        path = self.shard_paths[shard]
         row = int(self._row_index[i])
-        return self._record(i, read_tracing(tracings, row, self.shard_paths[shard]))
+        return self._record(i, read_tracing(shard_tracings(self._file(shard), path), row, path))
 
     def _reading_plan(self) -> tuple[Iterable[str], Callable[[str], EcgRecord]]:
         """Shard by shard in row order, reading blocks of consecutive rows.
@@ -266,10 +271,9 @@ class CodeDataset(Reader):
                 last = int(rows[np.searchsorted(rows, row + READ_BLOCK_ROWS) - 1])
                 block.update(shard=shard, first=row, last=last)
                 try:
-                    tracings = self._file(shard)["tracings"]
-                    block["tracings"] = read_tracing(
-                        tracings, slice(row, last + 1), self.shard_paths[shard]
-                    )
+                    path = self.shard_paths[shard]
+                    tracings = shard_tracings(self._file(shard), path)
+                    block["tracings"] = read_tracing(tracings, slice(row, last + 1), path)
                 except EcgFormatError as err:
                     block["tracings"] = err
             if isinstance(block["tracings"], EcgFormatError):
@@ -312,7 +316,7 @@ def read_code_exam(
     path = pathlib.Path(hdf5_path)
     tracing_TC, names, row = read_shard_exam(path, exam_id, lead_names)
     csv_path = path.parent / CSV_NAME
-    fields = exam_fields(csv_path, exam_id, label_columns) if csv_path.is_file() else None
+    fields = exam_fields(csv_path, exam_id, label_columns) if is_regular_file(csv_path) else None
     if fields is None:
         fields = {"metadata": {"exams_csv": None}}
     else:

@@ -30,16 +30,18 @@ other order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import h5py
 import numpy as np
 import pandas as pd
 
+from ecgfm.data.files import check_file
 from ecgfm.data.record import (
     INDEPENDENT_LEADS,
     EcgFormatError,
@@ -56,6 +58,21 @@ SHARD_PATTERN = re.compile(r"exams_part(\d+)\.hdf5")
 MV_PER_STORED_UNIT = 1.0
 DUMMY_EXAM_ID = 0
 READ_BLOCK_ROWS = 128  # ~25 MB of float32 [128, 4096, 12] per read when iterating a shard
+# Bounds on what a shard may declare, checked when it is opened, before any tracing is read.
+# CODE ships 4096 samples per exam; a row is refused beyond 16 times that (164 s at 400 Hz), so
+# one exam's read stays under 6.3 MB whatever a header says (a 2 KB file declaring 1e7-sample
+# exams took 10 s and 480 MB per read). `exam_id`, which opening reads whole, may not declare
+# more bytes than deflate can make of the file (1032:1, its most): unwritten chunks of a crafted
+# file would otherwise read as gigabytes of zeros. (`tracings` may: a test folder of 4000 exams
+# leaves their chunks unwritten, and they are read one listed exam at a time.) The real shards
+# close with one dummy row; a shard with more than `MAX_DUMMY_ROWS` is refused, as each is read.
+MAX_EXAM_SAMPLES = 16 * 4096
+MAX_INFLATION = 1032
+MAX_DUMMY_ROWS = 16
+# What h5py raises for a file that HDF5 cannot parse (checked with h5py 3.16 / HDF5 2.0 on
+# byte-flipped shards): OSError, KeyError ("Unable to synchronously open object ..."),
+# RuntimeError ("Unable to synchronously check link existence ..."), ValueError, TypeError.
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError)
 
 # Lead order of `tracings`, as the authors name them (`to_canonical_leads` knows DI/DII/DIII).
 CODE_LEADS: tuple[str, ...] = (
@@ -80,40 +97,84 @@ def _shard_lead_names(num_leads: int, lead_names: Sequence[str] | None, path: ob
     )
 
 
+@contextlib.contextmanager
+def h5_errors(path: pathlib.Path, what: str) -> Iterator[None]:
+    """Turns what h5py raises for a damaged file into `EcgFormatError` naming `path` and `what`."""
+    try:
+        yield
+    except EcgFormatError:
+        raise
+    except _H5_ERRORS as err:
+        raise EcgFormatError(path, f"{what}: {err}") from err
+
+
 def open_shard(path: pathlib.Path) -> h5py.File:
     """The shard opened read-only; a missing or unreadable file raises `EcgFormatError`."""
-    if not path.is_file():
-        raise EcgFormatError(path, "shard is missing")
-    try:
+    check_file(path, missing="shard is missing")  # a FIFO would block HDF5's open for ever
+    with h5_errors(path, "cannot be read as HDF5 (truncated?)"):
         return h5py.File(path, "r")
-    except OSError as err:
-        raise EcgFormatError(path, f"cannot be read as HDF5 (truncated?): {err}") from err
+
+
+def _dataset(f: h5py.File, name: str, path: pathlib.Path) -> h5py.Dataset:
+    """`f[name]`, a dataset stored in this file; anything else raises naming it."""
+    with h5_errors(path, f"dataset {name!r} cannot be opened"):
+        link = f.get(name, getlink=True)
+        if link is None:
+            names = sorted(f.keys())
+            # A damaged name index can list a name that lookup by name then misses.
+            problem = "is listed but cannot be looked up" if name in names else "is missing"
+            raise EcgFormatError(path, f"dataset {name!r} {problem} (the file lists {names})")
+        if not isinstance(link, h5py.HardLink):
+            raise EcgFormatError(path, f"{name!r} is a {type(link).__name__} to another file")
+        dataset = f[name]
+        if not isinstance(dataset, h5py.Dataset):
+            raise EcgFormatError(path, f"{name!r} is not a dataset")
+        # Data kept in other files (an external file list, a virtual dataset) could be
+        # anything: a FIFO, a device. A shard holds its own data.
+        if dataset.external or dataset.is_virtual:
+            raise EcgFormatError(path, f"dataset {name!r} keeps its data outside the file")
+        return dataset
 
 
 def _shard_contents(
     f: h5py.File, path: pathlib.Path, lead_names: Sequence[str] | None
 ) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Checks a shard's datasets; returns its `[N]` exam ids and the names of its leads."""
-    for name in ("tracings", "exam_id"):
-        if name not in f or not isinstance(f[name], h5py.Dataset):
-            raise EcgFormatError(path, f"has no {name!r} dataset (has {sorted(f.keys())})")
-    tracings, exam_id = f["tracings"], f["exam_id"]
-    if tracings.ndim != 3:
-        raise EcgFormatError(
-            path, f"tracings have shape {tracings.shape}, expected [exams, samples, leads]"
-        )
-    names = _shard_lead_names(tracings.shape[2], lead_names, path)
-    if exam_id.ndim != 1 or exam_id.shape[0] != tracings.shape[0]:
+    """Checks a shard's datasets; returns its `[N]` exam ids and the names of its leads.
+
+    Sizes are checked against `MAX_EXAM_SAMPLES` and `MAX_INFLATION` × the file's size before
+    anything is read.
+    """
+    tracings, exam_id = _dataset(f, "tracings", path), _dataset(f, "exam_id", path)
+    with h5_errors(path, "dataset shapes cannot be read"):
+        shape, dtype = tracings.shape, tracings.dtype
+        id_shape, id_dtype = exam_id.shape, exam_id.dtype
+    if len(shape) != 3:
+        raise EcgFormatError(path, f"tracings have shape {shape}, expected [exams, samples, leads]")
+    names = _shard_lead_names(shape[2], lead_names, path)
+    if dtype.kind not in "fiu" or dtype.itemsize > 8:
+        raise EcgFormatError(path, f"tracings have dtype {dtype}, expected real numbers")
+    if shape[1] > MAX_EXAM_SAMPLES:
         raise EcgFormatError(
             path,
-            f"exam_id has shape {exam_id.shape} but tracings hold {tracings.shape[0]} exams",
+            f"tracings declare {shape[1]} samples per exam, more than {MAX_EXAM_SAMPLES} "
+            f"(CODE exams are 4096)",
         )
-    if not np.issubdtype(exam_id.dtype, np.integer):
-        raise EcgFormatError(path, f"exam_id has dtype {exam_id.dtype}, expected integers")
-    try:
+    if len(id_shape) != 1 or id_shape[0] != shape[0]:
+        raise EcgFormatError(
+            path, f"exam_id has shape {id_shape} but tracings hold {shape[0]} exams"
+        )
+    if not np.issubdtype(id_dtype, np.integer) or id_dtype.itemsize > 8:
+        raise EcgFormatError(path, f"exam_id has dtype {id_dtype}, expected integers")
+    file_bytes = check_file(path, missing="shard is missing")
+    declared = id_shape[0] * id_dtype.itemsize
+    if declared > MAX_INFLATION * max(file_bytes, 1):
+        raise EcgFormatError(
+            path,
+            f"exam_id declares {id_shape[0]} ids ({declared} bytes) in a file of {file_bytes} "
+            "bytes: more than compression could hold",
+        )
+    with h5_errors(path, "exam_id cannot be read (truncated?)"):
         return np.asarray(exam_id[:], dtype=np.int64), names
-    except OSError as err:
-        raise EcgFormatError(path, f"exam_id cannot be read (truncated?): {err}") from err
 
 
 def unpadded_bounds(tracing_TC: np.ndarray) -> tuple[int, int, int]:
@@ -188,10 +249,14 @@ def tracing_record(
 
 def read_tracing(dataset: h5py.Dataset, rows: slice | int, path: pathlib.Path) -> np.ndarray:
     """`tracings[rows]` as float32 (`[T, C]` for a row, `[B, T, C]` for a slice of rows)."""
-    try:
+    with h5_errors(path, "tracings cannot be read (truncated?)"):
         return np.asarray(dataset[rows], dtype=np.float32)
-    except OSError as err:
-        raise EcgFormatError(path, f"tracings cannot be read (truncated?): {err}") from err
+
+
+def shard_tracings(f: h5py.File, path: pathlib.Path) -> h5py.Dataset:
+    """The `tracings` dataset of an open shard (checked when the shard was indexed)."""
+    with h5_errors(path, "dataset 'tracings' cannot be opened"):
+        return f["tracings"]
 
 
 def index_shard(
@@ -201,8 +266,12 @@ def index_shard(
     with open_shard(path) as f:
         exam_ids, names = _shard_contents(f, path, lead_names)
         dummy_rows = np.flatnonzero(exam_ids == DUMMY_EXAM_ID)
+        if dummy_rows.size > MAX_DUMMY_ROWS:
+            raise EcgFormatError(
+                path, f"{dummy_rows.size} rows have exam_id 0 (CODE shards close with one)"
+            )
         for row in dummy_rows.tolist():
-            if np.any(read_tracing(f["tracings"], row, path) != 0):
+            if np.any(read_tracing(shard_tracings(f, path), row, path) != 0):
                 raise EcgFormatError(path, f"row {row} has exam_id 0 but a non-zero tracing")
     return exam_ids, names, int(dummy_rows.size)
 
@@ -218,6 +287,9 @@ def locate_exams(
     repeated = stored[~first & (stored != DUMMY_EXAM_ID)].unique().to_numpy()
     at = stored[first].get_indexer(exam_ids)
     found = at >= 0
+    at = np.where(found, at, 0)  # a valid index where nothing was found (masked below)
+    if not first.any():  # no shard stores an exam: nothing to index into
+        return np.full(len(exam_ids), -1, np.int32), np.full(len(exam_ids), -1), repeated
     shard = np.where(found, shard_of[first][at], -1).astype(np.int32)
     row = np.where(found, row_of[first][at], -1).astype(np.int64)
     return shard, row, repeated
@@ -241,4 +313,4 @@ def read_shard_exam(
         if shard < 0 or repeated.size:
             problem = "has no exam" if shard < 0 else "has several rows for exam"
             raise EcgFormatError(path, f"{problem} {exam_id}")
-        return read_tracing(f["tracings"], int(row), path), names, int(row)
+        return read_tracing(shard_tracings(f, path), int(row), path), names, int(row)

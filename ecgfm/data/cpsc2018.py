@@ -16,21 +16,25 @@ What the real REFERENCE.csv shows (6,877 rows, CRLF line ends, not in id order: 
 row stands where A0202's would): row A0953 reads `6,6,`, PAC twice. The Challenge's count of
 PAC in the CPSC data (616, `dx_mapping_scored.csv`) counts that record once, so a label
 repeated within a row is read once and logged, not rejected.
+
+The `.mat` files are parsed by `ecgfm.data.matfile`, not `scipy.io.loadmat`, whose compiled
+MATLAB 5 reader crashed the process (SIGSEGV) on a 2-byte change to a record; the samples go
+through the plausibility rule of `record.check_signal` (finite, within ±50 mV, not every lead
+flat: an all-zero record is refused as CODE's all-zero exams are).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import pathlib
-import zlib
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
-import scipy.io
-from scipy.io.matlab import MatReadError
 
+from ecgfm.data.files import is_regular_file, read_bytes
+from ecgfm.data.matfile import MatValue, read_mat
 from ecgfm.data.reader import Reader
 from ecgfm.data.record import (
     LEADS,
@@ -72,18 +76,17 @@ CPSC_SAMPLING_RATE = 500.0
 CPSC_LEADS: tuple[str, ...] = LEADS
 REFERENCE_HEADER: tuple[str, ...] = ("Recording", "First_label", "Second_label", "Third_label")
 
-# What scipy.io.loadmat raises for a truncated or garbled file.
-_MAT_ERRORS = (MatReadError, OSError, ValueError, TypeError, zlib.error)
+# REFERENCE.csv is one short row per record (6,877 rows, 100 KB in the real file).
+MAX_REFERENCE_BYTES = 64 * 2**20
+_NOT_UTF8 = "\ufffd"  # what decoding with errors="replace" puts for bytes that are not UTF-8
 
 
-def load_mat(path: pathlib.Path) -> dict[str, Any]:
-    """The variables of a MATLAB file; a missing or unreadable file raises `EcgFormatError`."""
-    if not path.is_file():
-        raise EcgFormatError(path, "signal file is missing")
-    try:
-        return scipy.io.loadmat(path)
-    except _MAT_ERRORS as err:
-        raise EcgFormatError(path, f"unreadable MATLAB file ({err})") from err
+def load_mat(path: pathlib.Path) -> dict[str, MatValue]:
+    """The variables of a MATLAB v4/v5 file (`ecgfm.data.matfile`, not scipy: see there why).
+
+    A missing, unreadable or malformed file raises `EcgFormatError` naming it.
+    """
+    return read_mat(path, missing="signal file is missing")
 
 
 def read_cpsc_mat(path: str | pathlib.Path, labels: tuple[str, ...] = ()) -> EcgRecord:
@@ -97,15 +100,13 @@ def read_cpsc_mat(path: str | pathlib.Path, labels: tuple[str, ...] = ()) -> Ecg
     if unknown:
         raise EcgFormatError(path, f"labels {unknown} are not CPSC classes {CPSC_CLASSES}")
     ecg = load_mat(path).get("ECG")
-    fields = () if ecg is None or ecg.dtype.names is None else ecg.dtype.names
-    if ecg is None or ecg.size != 1 or not {"sex", "age", "data"} <= set(fields):
+    if not isinstance(ecg, dict) or not {"sex", "age", "data"} <= ecg.keys():
         raise EcgFormatError(path, "no 1×1 struct 'ECG' with fields sex, age, data")
-    ecg = ecg.flat[0]
-    data_CT = np.asarray(ecg["data"])
+    data_CT = ecg["data"]
+    if not isinstance(data_CT, np.ndarray) or data_CT.dtype.kind not in "iuf":
+        raise EcgFormatError(path, f"ECG.data is {_describe(data_CT)}, expected numbers")
     if data_CT.ndim != 2 or data_CT.shape[0] != len(CPSC_LEADS):
         raise EcgFormatError(path, f"ECG.data has shape {data_CT.shape}, expected [12, time]")
-    if not np.issubdtype(data_CT.dtype, np.number):
-        raise EcgFormatError(path, f"ECG.data has non-numeric type {data_CT.dtype}")
     return EcgRecord(
         signal=check_signal(data_CT.T, path),
         sampling_rate=CPSC_SAMPLING_RATE,
@@ -118,24 +119,28 @@ def read_cpsc_mat(path: str | pathlib.Path, labels: tuple[str, ...] = ()) -> Ecg
     )
 
 
-def _read_age(value: np.ndarray, path: pathlib.Path) -> float | None:
-    """Age in years from `ECG.age` (uint8 1×1 in the real files); empty or NaN means unknown."""
-    value = np.asarray(value)
-    if value.size == 0:
+def _describe(value: object) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} {'×'.join(map(str, value.shape))}"
+    return "text" if isinstance(value, str) else "a struct"
+
+
+def _read_age(value: MatValue, path: pathlib.Path) -> float | None:
+    """Age in years from `ECG.age` (1×1 in the real files); empty or NaN means unknown."""
+    if isinstance(value, np.ndarray) and value.size == 0:
         return None
-    if value.size != 1 or not np.issubdtype(value.dtype, np.number):
-        raise EcgFormatError(path, f"ECG.age is {value!r}, expected one number")
+    if not isinstance(value, np.ndarray) or value.size != 1 or value.dtype.kind not in "iuf":
+        raise EcgFormatError(path, f"ECG.age is {_describe(value)}, expected one number")
     return parse_age(float(value.flat[0]), path, "ECG.age")
 
 
-def _read_sex(value: np.ndarray, path: pathlib.Path) -> Sex | None:
-    """'M'/'F' from `ECG.sex` (MATLAB char 'Male'/'Female' in the real files)."""
-    value = np.asarray(value)
-    if value.size == 0:
+def _read_sex(value: MatValue, path: pathlib.Path) -> Sex | None:
+    """'M'/'F' from `ECG.sex` (MATLAB char 'Male'/'Female' in the real files); empty is None."""
+    if isinstance(value, np.ndarray) and value.size == 0:
         return None
-    if value.dtype.kind != "U":
-        raise EcgFormatError(path, f"ECG.sex is {value!r}, expected text")
-    return parse_sex("".join(str(v) for v in value.flat), path, "ECG.sex")
+    if not isinstance(value, str):
+        raise EcgFormatError(path, f"ECG.sex is {_describe(value)}, expected text")
+    return parse_sex(value, path, "ECG.sex")
 
 
 def read_reference(
@@ -156,10 +161,14 @@ def _read_reference(
     path: pathlib.Path, on_error: OnError, skip_log: SkipLog | None
 ) -> tuple[dict[str, tuple[str, ...]], set[str]]:
     """`read_reference`, plus the recording names of the rows it skipped."""
-    if not path.is_file():
-        raise EcgFormatError(path, "reference file is missing")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    data = read_bytes(path, missing="reference file is missing", max_bytes=MAX_REFERENCE_BYTES)
+    # Bytes that are not UTF-8 become U+FFFD here and make their row bad (below), so that one
+    # garbled row is skipped like any other bad row rather than losing the whole reference.
+    text = data.decode("utf-8-sig", errors="replace")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:  # e.g. a field over csv's size limit
+        raise EcgFormatError(path, f"cannot be read as CSV: {err}") from None
     if not rows or tuple(c.strip() for c in rows[0]) != REFERENCE_HEADER:
         found = rows[0] if rows else "an empty file"
         raise EcgFormatError(path, f"line 1: header is {found}, expected {list(REFERENCE_HEADER)}")
@@ -183,6 +192,8 @@ def _reference_row(
 ) -> tuple[str, tuple[str, ...]]:
     if len(row) > len(REFERENCE_HEADER):
         raise EcgFormatError(path, f"{where}: more than {len(REFERENCE_HEADER)} columns")
+    if any(_NOT_UTF8 in cell for cell in row):
+        raise EcgFormatError(path, f"{where}: not UTF-8 text")
     record_id, *cells = (cell.strip() for cell in row)
     if not record_id:
         raise EcgFormatError(path, f"{where}: no recording name")
@@ -273,7 +284,7 @@ def read_cpsc_mat_with_reference(path: str | pathlib.Path) -> EcgRecord:
     path = pathlib.Path(path)
     for folder in (path.parent, path.parent.parent):
         reference_path = folder / "REFERENCE.csv"
-        if reference_path.is_file():
+        if is_regular_file(reference_path):
             reference = read_reference(reference_path)
             if path.stem not in reference:
                 raise EcgFormatError(path, f"record has no row in {reference_path}")

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import pathlib
 
+from ecgfm.data.files import is_regular_file, read_bytes
 from ecgfm.data.record import EcgFormatError, EcgRecord
+from ecgfm.data.wfdb_header import MAX_HEADER_BYTES
 
 FORMATS = ("code", "challenge", "ptbxl", "cpsc2018")
 
@@ -31,25 +33,29 @@ def detect_format(path: str | pathlib.Path) -> str:
     header = p.with_suffix(".hea") if p.suffix.lower() in (".hea", ".mat", ".dat") else None
     if header is None:
         header = p.parent / (p.name + ".hea")
-    if header.is_file():
+    if is_regular_file(header):
         signal_files = _header_signal_files(header)
         if any(name.lower().endswith(".mat") for name in signal_files):
             return "challenge"
         return "ptbxl"
-    if p.suffix.lower() == ".mat" and p.is_file():
+    if p.suffix.lower() == ".mat" and is_regular_file(p):
         return "cpsc2018"
-    if not p.exists() and not header.exists():
+    if not _exists(p) and not _exists(header):
         raise EcgFormatError(text, "no such file (nor a WFDB header beside it)")
     raise EcgFormatError(text, f"cannot tell the format; expected one of {FORMATS}")
 
 
+def _exists(path: pathlib.Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        return False
+
+
 def _header_signal_files(header: pathlib.Path) -> list[str]:
     """The signal file names a WFDB header's signal lines point at."""
-    lines = [
-        line
-        for line in header.read_text(errors="replace").splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
+    text = read_bytes(header, max_bytes=MAX_HEADER_BYTES).decode("utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return [line.split()[0] for line in lines[1:]]
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ecgfm.data.files import check_file, csv_error, is_regular_file, read_bytes
 from ecgfm.data.reader import Reader
 from ecgfm.data.record import (
     EcgFormatError,
@@ -77,12 +78,11 @@ _SEX = {0: "M", 1: "F"}  # "sex (male 0, female 1)", Wagner et al. 2020, Table 2
 def load_scp_statements(path: str | os.PathLike) -> pd.DataFrame:
     """Reads `scp_statements.csv`, indexed by SCP code (the file's unnamed first column)."""
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise EcgFormatError(path, "SCP statements file not found")
+    check_file(path, missing="SCP statements file not found")
     try:
         statements = pd.read_csv(path, index_col=0)
-    except (ValueError, pd.errors.ParserError) as err:
-        raise EcgFormatError(path, f"unreadable CSV: {err}") from err
+    except (ValueError, OverflowError, OSError, pd.errors.ParserError) as err:
+        raise csv_error(path, err) from err
     missing = [c for c in _STATEMENT_COLUMNS if c not in statements.columns]
     if missing:
         raise EcgFormatError(path, f"missing columns {missing}")
@@ -216,6 +216,8 @@ class _Labeller:
         age_over_89 = age == MASKED_AGE
         age = None if age_over_89 else parse_age(age, path, f"{where}: age")
         patient_id = _optional_number(row["patient_id"], "patient_id", where, path)
+        if patient_id is not None and not (math.isfinite(patient_id) and patient_id.is_integer()):
+            raise EcgFormatError(path, f"{where}: patient_id {row['patient_id']!r} is not an id")
         return dict(
             record_id=str(ecg_id),
             source="ptbxl",
@@ -244,7 +246,8 @@ def _read_database(path: pathlib.Path, on_error: OnError, skip_log: SkipLog | No
     if missing:
         raise EcgFormatError(path, f"missing columns {missing}")
     ecg_id = pd.to_numeric(frame["ecg_id"], errors="coerce").to_numpy(np.float64)
-    bad_id = ~(ecg_id > 0) | (np.mod(ecg_id, 1) != 0)
+    with np.errstate(invalid="ignore"):  # inf % 1 is NaN: bad either way
+        bad_id = ~(ecg_id > 0) | (np.mod(ecg_id, 1) != 0)
     first_line = pd.Series(lines).groupby(ecg_id).transform("first").to_numpy()
     repeat = ~bad_id & (first_line != lines)
     for i in np.flatnonzero(bad_id | repeat).tolist():
@@ -289,12 +292,10 @@ def read_wfdb_signal(record_path: str | os.PathLike, sampling_rate: int) -> np.n
     if problems:
         raise EcgFormatError(header_path, "; ".join(problems))
     dat_path = record.parent / header.signal_file
-    if not dat_path.is_file():
-        raise EcgFormatError(dat_path, "WFDB signal file not found")
     # Format 16 stores 2 bytes per sample; a short file would otherwise be read as shorter or
     # zero-padded, a long one would have its tail dropped.
     expected_bytes = 2 * header.num_leads * header.num_samples
-    actual_bytes = dat_path.stat().st_size
+    actual_bytes = check_file(dat_path, missing="WFDB signal file not found")
     if actual_bytes != expected_bytes:
         state = "truncated" if actual_bytes < expected_bytes else "longer than its header"
         raise EcgFormatError(
@@ -302,7 +303,10 @@ def read_wfdb_signal(record_path: str | os.PathLike, sampling_rate: int) -> np.n
             f"{state}: {actual_bytes} bytes, header promises {header.num_samples} samples x "
             f"{header.num_leads} leads = {expected_bytes} bytes",
         )
-    digital_TC = np.fromfile(dat_path, dtype="<i2").reshape(header.num_samples, header.num_leads)
+    data = read_bytes(dat_path, missing="WFDB signal file not found", max_bytes=expected_bytes)
+    if len(data) != expected_bytes:
+        raise EcgFormatError(dat_path, f"changed size while read ({len(data)} bytes)")
+    digital_TC = np.frombuffer(data, dtype="<i2").reshape(header.num_samples, header.num_leads)
     physical_TC = digital_to_millivolts(digital_TC, header, dat_path)
     signal_TC, _ = to_canonical_leads(physical_TC, header.lead_names, header_path)
     return check_signal(signal_TC, dat_path)
@@ -407,6 +411,12 @@ class PtbXl(Reader):
                 self.root / DATABASE_FILE,
                 f"ecg_id {ecg_id}: no {FILENAME_COLUMN[sampling_rate]} for {sampling_rate} Hz",
             )
+        if pathlib.PurePath(filename).is_absolute() or ".." in pathlib.PurePath(filename).parts:
+            raise EcgFormatError(
+                self.root / DATABASE_FILE,
+                f"ecg_id {ecg_id}: {FILENAME_COLUMN[sampling_rate]} {filename!r} is not a path "
+                "inside the dataset folder",
+            )
         signal_TC = read_wfdb_signal(self.root / filename, sampling_rate)
         return _make_record(signal_TC, sampling_rate, self._fields[ecg_id], filename)
 
@@ -449,7 +459,7 @@ def read_ptbxl_record(record_path: str | os.PathLike) -> EcgRecord:
 
     root = records_folder.parent if records_folder is not None else record.parent
     database_path = root / DATABASE_FILE
-    if records_folder is None or not database_path.is_file():
+    if records_folder is None or not is_regular_file(database_path):
         try:
             ecg_id = int(record.name.split("_")[0])
         except ValueError as err:

@@ -14,6 +14,13 @@ A record that opening skipped (a bad metadata row) is not in `record_ids`, so it
 mode never meets it. A record that opening could not judge without reading its signal file
 stays listed, and reading it raises `EcgFormatError` (or, when iterating with
 `on_error="skip"`, is counted in the `SkipLog`).
+
+Files are untrusted input: whatever a file holds (truncated, byte-flipped, a wrong dtype, a
+huge declared size, text that is not UTF-8, a FIFO, a symlink loop, a name too long), every
+reader failure is an `EcgFormatError` naming the file and the problem, and every record that
+is returned passes `record.check_signal`'s plausibility rule. `ecgfm/data/files.py`,
+`matfile.py` (no scipy C code) and the bounds in `code_hdf5.py` and `wfdb_header.py` say how;
+`benchmarks/fuzz_readers.py` and `tests/test_fuzz.py` check it with mutated files.
 """
 
 from __future__ import annotations

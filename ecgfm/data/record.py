@@ -25,6 +25,16 @@ _LEAD_ALIASES = {name.upper(): name for name in LEADS} | {
     "D1": "I", "D2": "II", "D3": "III", "DI": "I", "DII": "II", "DIII": "III",
 }  # fmt: skip
 
+# The largest |amplitude| a record may hold, in mV (`check_signal`). Surface ECG waves are a
+# few mV: R waves of 0.5-3 mV, LVH voltage criteria at 3.5-4.5 mV. Diagnostic electrocardiographs
+# must record ±5 mV undistorted (ANSI/AAMI EC11, input dynamic range) and their inputs saturate
+# not far above (a monitor built to IEC 60601-2-25/-27:2011 specifies an input range of -10 to
+# +10 mV); a pacemaker spike or a saturated ADC can reach the storage format's limit,
+# which for WFDB format 16 at 1000/mV (PTB-XL, every Challenge source) is ±32.77 mV. 50 mV is
+# above all of these, so no sample those files can store is refused, and far below what a
+# unit error gives (µV read as mV: ×1000) or garbage (1e30), which are.
+MAX_ABS_MV = 50.0
+
 Sex = Literal["M", "F"]
 # Ages above this are not ages in years but codes (PTB-XL writes 300 for "over 89").
 MAX_AGE_YEARS = 150.0
@@ -142,7 +152,8 @@ def to_canonical_leads(
 ) -> tuple[np.ndarray, tuple[str, ...]]:
     """Reorders `[T, C]` named leads into `[T, 12]` canonical order, deriving missing limb leads.
 
-    Returns the float32 signal and the names of the leads that were derived. Raises
+    Returns the signal (float32, or float64 when given float64: `check_signal` casts it once it
+    is known to fit) and the names of the leads that were derived. Raises
     `EcgFormatError` naming `path` for an unknown or repeated lead, a column count that does not
     match the names, or a set of leads the 12 cannot be completed from.
     """
@@ -153,7 +164,12 @@ def to_canonical_leads(
     names = [canonical_lead_name(n, path) for n in lead_names]
     if len(set(names)) != len(names):
         raise EcgFormatError(path, f"repeated lead in {list(lead_names)}")
-    columns = {n: signal_TC[:, i].astype(np.float32) for i, n in enumerate(names)}
+    if signal_TC.dtype.kind not in "iuf":
+        raise EcgFormatError(path, f"signal has type {signal_TC.dtype}, expected real numbers")
+    # At least float32, and float64 kept: a float64 above float32's range must reach
+    # `check_signal` as the number it is, not as the inf a cast would make of it.
+    dtype = np.result_type(signal_TC.dtype, np.float32)
+    columns = {n: signal_TC[:, i].astype(dtype) for i, n in enumerate(names)}
     derived: tuple[str, ...] = ()
     missing = [n for n in LEADS if n not in columns]
     if missing:
@@ -161,19 +177,64 @@ def to_canonical_leads(
             raise EcgFormatError(
                 path, f"has leads {names}; cannot complete 12 leads (missing {missing})"
             )
-        limb = derive_limb_leads(columns["I"], columns["II"])
+        with np.errstate(over="ignore", invalid="ignore"):  # check_signal refuses what overflows
+            limb = derive_limb_leads(columns["I"], columns["II"])
         for n in missing:
-            columns[n] = limb[n].astype(np.float32)
+            columns[n] = limb[n].astype(dtype)
         derived = tuple(n for n in LEADS if n in missing)
     return np.stack([columns[n] for n in LEADS], axis=1), derived
 
 
 def check_signal(signal_TC: np.ndarray, path: object) -> np.ndarray:
-    """Returns a `[T, 12]` float32 signal, or raises naming `path` (wrong shape, empty, NaN/Inf)."""
+    """Returns a `[T, 12]` float32 signal in mV that an ECG can be, or raises naming `path`.
+
+    The plausibility rule every reader applies to every record it builds (one rule, so that a
+    record refused from one dataset is refused from all):
+
+    - `[T, 12]` real numbers, T ≥ 1;
+    - every sample finite (no NaN, no ±Inf);
+    - every |sample| ≤ `MAX_ABS_MV` (50 mV, the reasons are at the constant);
+    - not every lead constant: a record whose 12 leads are each one value throughout (all zeros
+      being the common case) holds no ECG. One or a few flat leads (an electrode off) pass.
+
+    A record that breaks the rule raises `EcgFormatError`, which `on_error="skip"` counts and
+    lists like any other bad record; it is never returned with a quality flag. Why an error:
+    such a record carries no usable ECG, and a flag would have to be honoured by every consumer
+    (`prepare`, the pipelines, probe and fine-tune): one that forgot would train on it, which is
+    how a ×1000 CODE exam became "loss is nan at step 1" with no pointer to the exam. The check
+    is on the values as read, before the cast to float32, so a float64 above float32's range is
+    reported as the number it is and never becomes inf.
+    """
     if signal_TC.ndim != 2 or signal_TC.shape[1] != len(LEADS):
         raise EcgFormatError(path, f"signal has shape {signal_TC.shape}, expected [time, 12]")
     if signal_TC.shape[0] == 0:
         raise EcgFormatError(path, "signal has no samples")
+    if signal_TC.dtype.kind not in "iuf":
+        raise EcgFormatError(path, f"signal has type {signal_TC.dtype}, expected real numbers")
+    if signal_TC.dtype.kind != "f":
+        signal_TC = signal_TC.astype(np.float64)
+    # NaN propagates through max and min, Inf exceeds the bound: two passes check both rules.
+    if not max(signal_TC.max(), -signal_TC.min()) <= MAX_ABS_MV:
+        _raise_implausible(signal_TC, path)
+    first = signal_TC[0]
+    # A real ECG differs from its first sample at its middle or its end: the full comparison
+    # runs only on what is flat there (it costs ~4x the two passes above).
+    if (
+        np.array_equal(signal_TC[-1], first)
+        and np.array_equal(signal_TC[signal_TC.shape[0] // 2], first)
+        and (signal_TC == first).all()
+    ):
+        level = ", ".join(f"{v:g}" for v in np.unique(signal_TC[0])[:3])
+        raise EcgFormatError(
+            path,
+            f"every lead is constant over its {signal_TC.shape[0]} samples (at {level} mV): "
+            "a flat line, not an ECG",
+        )
+    return np.ascontiguousarray(signal_TC, dtype=np.float32)
+
+
+def _raise_implausible(signal_TC: np.ndarray, path: object) -> None:
+    """Raises naming the first non-finite sample, else the samples beyond `MAX_ABS_MV`."""
     finite = np.isfinite(signal_TC)
     if not finite.all():
         bad_t, bad_c = np.nonzero(~finite)
@@ -182,7 +243,15 @@ def check_signal(signal_TC: np.ndarray, path: object) -> np.ndarray:
             f"{bad_t.size} non-finite samples (NaN/Inf), first at sample {bad_t[0]} "
             f"of lead {LEADS[bad_c[0]]}",
         )
-    return np.ascontiguousarray(signal_TC, dtype=np.float32)
+    beyond = np.abs(signal_TC) > MAX_ABS_MV
+    bad_t, bad_c = np.nonzero(beyond)
+    peak = float(np.abs(signal_TC).max())
+    raise EcgFormatError(
+        path,
+        f"{bad_t.size} samples beyond ±{MAX_ABS_MV:g} mV (up to {peak:.4g} mV), first at sample "
+        f"{bad_t[0]} of lead {LEADS[bad_c[0]]}: no ECG reaches that (wrong units, or corrupted "
+        "samples?)",
+    )
 
 
 @dataclasses.dataclass

@@ -19,10 +19,19 @@ import re
 
 import numpy as np
 
+from ecgfm.data.files import read_bytes
 from ecgfm.data.record import EcgFormatError
 
 # WFDB format 16 marks a missing sample with the smallest int16.
 INVALID_SAMPLE = -(2**15)
+# Bounds on what a header may declare, far outside any ECG's and checked before anything is
+# allocated: real headers are < 1 KB, 12-15 leads, 100-1000 Hz (PTB: 1000, INCART: 257).
+MAX_HEADER_BYTES = 2**20
+MAX_LEADS = 64
+MAX_SAMPLING_RATE = 100_000.0
+# A checksum is a 16-bit sum, printed signed or unsigned; a baseline an ADC value.
+_CHECKSUM_RANGE = (-(2**15), 2**16 - 1)
+_BASELINE_LIMIT = 2**31
 
 _FORMAT = re.compile(
     r"^(?P<fmt>\d+)(?:x(?P<per_frame>\d+))?(?::(?P<skew>\d+))?(?:\+(?P<offset>\d+))?$"
@@ -61,14 +70,16 @@ def read_wfdb_header(path: str | pathlib.Path) -> WfdbHeader:
 
     Raises `EcgFormatError` naming the header and the line for: a missing file, a record line
     without name, lead count, rate or sample count, a record name that is not the file name, a
-    lead count that disagrees with the signal lines, a format other than 16 (one sample per
-    frame, no skew), a missing, unreadable, zero or negative gain, units other than mV, or signal
-    lines that name several files or byte offsets.
+    lead count that disagrees with the signal lines, a sampling rate that is not finite and
+    positive up to `MAX_SAMPLING_RATE`, more than `MAX_LEADS` leads, a format other than 16 (one
+    sample per frame, no skew), a missing, unreadable, zero, negative or infinite gain, units
+    other than mV, a checksum that is not a 16-bit sum, signal lines that name several files or
+    byte offsets, a header over `MAX_HEADER_BYTES`, or a path that is not a regular file.
     """
     path = pathlib.Path(path)
-    if not path.is_file():
-        raise EcgFormatError(path, "WFDB header file not found")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    data = read_bytes(path, missing="WFDB header file not found", max_bytes=MAX_HEADER_BYTES)
+    # Headers are ASCII; a byte that is not UTF-8 becomes U+FFFD and fails the field it is in.
+    text = data.decode("utf-8", errors="replace")
     lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1)]
     body = [(i, line) for i, line in lines if line and not line.startswith("#")]
     if not body:
@@ -94,6 +105,12 @@ def read_wfdb_header(path: str | pathlib.Path) -> WfdbHeader:
         raise EcgFormatError(
             path, f"line {i}: record line {record_line!r} has a non-positive field"
         )
+    if not sampling_rate <= MAX_SAMPLING_RATE or n_leads > MAX_LEADS:
+        raise EcgFormatError(
+            path,
+            f"line {i}: record line {record_line!r}: sampling rate over {MAX_SAMPLING_RATE:g} Hz "
+            f"(or not finite), or over {MAX_LEADS} leads",
+        )
     signal_lines = body[1:]
     if len(signal_lines) != n_leads:
         raise EcgFormatError(
@@ -104,6 +121,10 @@ def read_wfdb_header(path: str | pathlib.Path) -> WfdbHeader:
     if len(files) != 1:
         raise EcgFormatError(path, f"signal lines name several files or offsets {sorted(files)}")
     signal_file, byte_offset = files.pop()
+    if "/" in signal_file or "\\" in signal_file or signal_file in (".", ".."):
+        raise EcgFormatError(
+            path, f"signal file {signal_file!r} is not a file name in the header's folder"
+        )
     return WfdbHeader(
         record_name=record_name,
         sampling_rate=sampling_rate,
@@ -146,9 +167,13 @@ def _parse_signal_line(path: pathlib.Path, i: int, line: str) -> dict:
         checksum_value = int(checksum)
     except ValueError as err:
         raise EcgFormatError(path, f"line {i}: unreadable signal line {line!r}") from err
-    if not gain > 0:
+    if not 0 < gain < np.inf:
         # A gain of 0 means "uncalibrated" in WFDB: there is no way to get millivolts.
-        raise EcgFormatError(path, f"line {i}: gain {gain_field!r} is not positive")
+        raise EcgFormatError(path, f"line {i}: gain {gain_field!r} is not positive and finite")
+    if not _CHECKSUM_RANGE[0] <= checksum_value <= _CHECKSUM_RANGE[1]:
+        raise EcgFormatError(path, f"line {i}: checksum {checksum} is not a 16-bit sum")
+    if abs(baseline) >= _BASELINE_LIMIT:
+        raise EcgFormatError(path, f"line {i}: baseline {baseline} is not an ADC value")
     return {
         "file": file,
         "offset": int(fmt_match["offset"] or 0),
@@ -164,28 +189,48 @@ def digital_to_millivolts(
 ) -> np.ndarray:
     """`[T, C]` float64 mV, `(digital - baseline) / gain` per lead, from `[T, C]` stored samples.
 
-    Integer samples must match the header's WFDB checksums (16-bit sums per lead), so corrupted
-    bytes in a file of the right size raise; WFDB's invalid sample (-32768) becomes NaN, which
-    `check_signal` then reports. Raises `EcgFormatError` naming `signal_path`.
+    The samples must be format 16's, int16 values, whatever type the file keeps them in (MATLAB
+    can save them as double or uint16): a non-integer, NaN, or a value outside -32768..32767
+    raises. So the header's WFDB checksums (16-bit sums per lead) are checked for every stored
+    type, and corrupted bytes in a file of the right size raise; a uint16 `val` that wrapped
+    negative samples to 32768..65535 (and would read up to 65 mV) is refused rather than passing
+    the mod-2**16 sum. WFDB's invalid sample (-32768) becomes NaN, which `check_signal` then
+    reports. Raises `EcgFormatError` naming `signal_path`.
     """
     expected = (header.num_samples, header.num_leads)
     if digital_TC.shape != expected:
         raise EcgFormatError(
             signal_path, f"holds samples of shape {digital_TC.shape}, the header says {expected}"
         )
+    if digital_TC.dtype.kind not in "iuf":
+        raise EcgFormatError(signal_path, f"holds {digital_TC.dtype} samples, not numbers")
+    if digital_TC.dtype != np.int16:
+        with np.errstate(invalid="ignore"):
+            bad_TC = ~((digital_TC >= INVALID_SAMPLE) & (digital_TC <= 2**15 - 1))
+            if digital_TC.dtype.kind == "f":
+                bad_TC |= np.round(digital_TC) != digital_TC
+        if bad_TC.any():
+            bad_t, bad_c = np.nonzero(bad_TC)
+            raise EcgFormatError(
+                signal_path,
+                f"{bad_t.size} {digital_TC.dtype} samples are not int16 values, as WFDB format 16 "
+                f"(the header's) stores, first {digital_TC[bad_t[0], bad_c[0]]} at sample "
+                f"{bad_t[0]} of lead {header.lead_names[bad_c[0]]}",
+            )
     physical_TC = digital_TC.astype(np.float64)
-    if np.issubdtype(digital_TC.dtype, np.integer):
-        # Writers differ in whether they print the 16-bit sum signed or unsigned.
-        sums = digital_TC.astype(np.int64).sum(axis=0) % 2**16
-        for name, promised, found in zip(header.lead_names, header.checksums, sums, strict=True):
-            if (promised - found) % 2**16:
-                found = found - 2**16 if promised < 0 and found >= 2**15 else found
-                raise EcgFormatError(
-                    signal_path,
-                    f"lead {name}: checksum {found} differs from the header's {promised} "
-                    "(corrupted samples?)",
-                )
-        physical_TC[digital_TC == INVALID_SAMPLE] = np.nan
+    # Writers differ in whether they print the 16-bit sum signed or unsigned.
+    sums = digital_TC.astype(np.int64).sum(axis=0) % 2**16
+    for name, promised, found in zip(
+        header.lead_names, header.checksums, sums.tolist(), strict=True
+    ):
+        if (promised - found) % 2**16:
+            found = found - 2**16 if promised < 0 and found >= 2**15 else found
+            raise EcgFormatError(
+                signal_path,
+                f"lead {name}: checksum {found} differs from the header's {promised} "
+                "(corrupted samples?)",
+            )
+    physical_TC[digital_TC == INVALID_SAMPLE] = np.nan
     physical_TC -= np.asarray(header.baselines, dtype=np.float64)
     physical_TC /= np.asarray(header.gains, dtype=np.float64)
     return physical_TC

@@ -9,7 +9,6 @@ sides.
 
 from __future__ import annotations
 
-import csv
 import pathlib
 from typing import Any
 
@@ -17,6 +16,7 @@ from ecgfm.data.code import CodeDataset
 from ecgfm.data.code_csv import CSV_NAME, METADATA_COLUMNS
 from ecgfm.data.record import EcgFormatError
 from ecgfm.data.splits import DEFAULT_FRACTIONS, patient_split, read_split_file
+from ecgfm.data.tables import read_csv_header
 from ecgfm.data.tfds_builders.base import (
     EcgBuilder,
     EcgBuilderConfig,
@@ -34,8 +34,7 @@ OPTIONS: frozenset[str] = frozenset(
 
 def label_columns(root: str | pathlib.Path, split_column: str | None = None) -> tuple[str, ...]:
     """The label columns of `exams.csv`: every header column that is not metadata or the split."""
-    with (pathlib.Path(root) / CSV_NAME).open(newline="") as f:
-        header = next(csv.reader(f))
+    header = read_csv_header(pathlib.Path(root) / CSV_NAME)  # bad input: EcgFormatError
     return tuple(c for c in header if c not in METADATA_COLUMNS and c != split_column)
 
 

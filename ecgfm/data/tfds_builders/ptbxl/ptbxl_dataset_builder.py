@@ -34,7 +34,7 @@ OPTIONS: frozenset[str] = frozenset()
 
 def make_config(root: str | pathlib.Path, **options: Any) -> EcgBuilderConfig:
     """A config with the six task vocabularies of the folder's `scp_statements.csv`."""
-    vocabularies = PtbXl(root).vocabularies
+    vocabularies = PtbXl(root, on_error="skip").vocabularies  # bad rows: the build reports them
     return EcgBuilderConfig.create(
         {t: tuple(vocabularies[t]) for t in TASKS}, DEFAULT_TASK, options
     )
