@@ -16,10 +16,13 @@ array is finite: a state holding NaN/Inf is refused (`NonFiniteStateError`) and 
 written. The iterator position is hashed (SHA-256, one digest per process). On restore the
 arrays read are checksummed again, and the position is compared before it is applied; a
 mismatch, or a non-finite array, is damage (`CheckpointDamagedError`), handled like a step whose
-files do not read at all. `benchmarks/checkpoint_checksum.py` times the checksum beside Orbax's
-save of the same state. A step without a `checksum` item was written by an ecgfm from before it
-was added (Orbax's step metadata lists no such item): it restores with a warning that it is
-unverified. One that lacks the item although its metadata lists it is damaged.
+files do not read at all. Cost (`benchmarks/checkpoint_checksum.py --rounds 3`, 2026-12-07, the
+shared 2-core CPU at load ≈ 4–6): for the 19.3 M numbers of `code15_resnet`'s state (6.4 M
+parameters, AdamW moments) the checksum takes 0.30 s (median), Orbax's save alone 0.50 s, the
+whole `Checkpointer.save` 0.71 s; it runs at checkpoint steps only. A step without a `checksum`
+item was written by an ecgfm from before it was added (Orbax's step metadata lists no such
+item): it restores with a warning that it is unverified. One that lacks the item although its
+metadata lists it is damaged.
 
 Nothing here deletes a checkpoint that failed to restore. A step that fails while an older one
 restores (its files were damaged) is moved to `<directory>/corrupt/<step>` with a warning. When
