@@ -8,6 +8,7 @@ import logging
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 DESCRIPTION = """\
 ecgfm: pretrain ECG foundation models on CODE-II and transfer them to PTB-XL and CPSC 2018.
@@ -165,18 +166,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _pretrain(args: argparse.Namespace, overrides: list[str]) -> int:
-    from ecgfm.checkpoint import CheckpointMismatchError
-    from ecgfm.config import ConfigError, load_config
-    from ecgfm.train import Preempted, train_and_evaluate
+    from ecgfm.config import load_config
+    from ecgfm.train import train_and_evaluate
 
-    try:
-        train_and_evaluate(load_config(args.config, overrides), args.workdir)
-    except (ConfigError, CheckpointMismatchError) as error:
-        print(f"ecgfm pretrain: {error}", file=sys.stderr)
-        return 2
-    except Preempted as preempted:  # a distinct code, so a requeue script can tell
-        print(f"ecgfm pretrain: {preempted}", file=sys.stderr)
-        return preempted.exit_code
+    if args.workdir.exists() and not args.workdir.is_dir():
+        raise NotADirectoryError(f"--workdir {args.workdir} is a file, not a folder")
+    # Config errors, diverged runs and preemption end in `main`, as for every command.
+    train_and_evaluate(load_config(args.config, overrides), args.workdir)
     return 0
 
 
@@ -309,8 +305,26 @@ def _finetune(args: argparse.Namespace) -> int:
     )
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) / 100 for v in text.split(","))
+    """ "10,100" (percent) → (0.1, 1.0); each must lie in (0, 100]."""
+    percents = tuple(float(v) for v in text.split(","))
+    if not all(0 < v <= 100 for v in percents):
+        raise argparse.ArgumentTypeError(f"label fractions are percent in (0, 100], got {text!r}")
+    return tuple(v / 100 for v in percents)
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -349,7 +363,9 @@ def _add_transfer_arguments(p: argparse.ArgumentParser) -> None:
         "--aggregation", choices=("max", "mean", "mean_embedding"), default="max",
         help="how window predictions become a record's",
     )  # fmt: skip
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples for the CIs")
+    p.add_argument(
+        "--bootstrap", type=_non_negative_int, default=1000, help="resamples for the CIs"
+    )
     p.add_argument(
         "--threshold-rule",
         choices=("gbeta", "youden"),
@@ -417,10 +433,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ecgfm", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (anywhere on the line)"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser(
@@ -432,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         "from-scratch baselines. Rerunning reuses what WORKDIR already holds.",
     )
     p.add_argument("--workdir", type=pathlib.Path, default=pathlib.Path("workdirs/demo"))
-    p.add_argument("--steps", type=int, default=300, help="pretraining steps")
+    p.add_argument("--steps", type=_positive_int, default=300, help="pretraining steps")
     p.set_defaults(run=_demo)
 
     p = commands.add_parser(
@@ -455,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("layout", choices=("code", "ptbxl", "cpsc2018"))
     p.add_argument("--out", required=True, type=pathlib.Path, help="output folder")
-    p.add_argument("--exams", type=int, default=200, help="number of exams/records")
+    p.add_argument("--exams", type=_positive_int, default=200, help="number of exams/records")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_synth)
 
@@ -605,8 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fine-tune an encoder on PTB-XL or CPSC 2018, beside training from scratch",
     )
     _add_transfer_arguments(p)
-    p.add_argument("--steps", type=int, default=500, help="training steps per run")
-    p.add_argument("--freeze-steps", type=int, default=0, help="head-only steps first")
+    p.add_argument("--steps", type=_positive_int, default=500, help="training steps per run")
+    p.add_argument(
+        "--freeze-steps", type=_non_negative_int, default=0, help="head-only steps first"
+    )
     p.set_defaults(run=_finetune)
 
     p = commands.add_parser(
@@ -625,15 +646,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-class thresholds for F/G beta (fit on validation data); default: fit here",
     )
     p.add_argument("--class-names", help="comma-separated, in column order")
-    p.add_argument("--bootstrap", type=int, default=1000, help="resamples (0: no CIs)")
+    p.add_argument(
+        "--bootstrap", type=_non_negative_int, default=1000, help="resamples (0: no CIs)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_evaluate)
     return parser
 
 
+# Errors that mean the input or the request cannot be used (not a bug in ecgfm): one line on
+# stderr naming what to fix, exit code 2. Looked up in sys.modules, so that the CLI imports
+# nothing it does not run (an error of a module never imported cannot have been raised).
+USER_ERRORS = (
+    ("ecgfm.config", "ConfigError"),
+    ("ecgfm.data.record", "EcgFormatError"),
+    ("ecgfm.export", "EncoderFormatError"),
+    ("ecgfm.checkpoint", "CheckpointMismatchError"),
+    ("ecgfm.checkpoint", "CheckpointDamagedError"),
+    ("ecgfm.checkpoint", "NonFiniteStateError"),
+    ("ecgfm.train", "NonFiniteError"),
+    ("ecgfm.interop.keys", "CheckpointKeyError"),
+    ("ecgfm.interop.torch_file", "UnsafeCheckpointError"),
+)
+# Paths given on the command line that are missing, or of the wrong kind.
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)  # fmt: skip
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def _is_user_error(error: BaseException) -> bool:
+    types = tuple(
+        getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
+    )
+    return isinstance(error, types + PATH_ERRORS)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one `ecgfm` command; returns its exit code.
+
+    Misuse (a bad argument or config, a missing or damaged file, a diverged run) is one line on
+    stderr and exit code 2; preemption exits 143, Ctrl-C 130, anything else (a bug) 1 with its
+    type and message. `--debug` (anywhere on the line) shows the traceback instead.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     logging.basicConfig(
@@ -647,16 +716,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [a for a in unknown if not a.startswith("--config.")]
         if bad:
             parser.error(f"unrecognized arguments: {' '.join(bad)}")
-        return args.run(args, [a.removeprefix("--") for a in unknown])
-    if unknown:
+    elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    from ecgfm.data.record import EcgFormatError
-
+    prefix = f"ecgfm {args.command}"
     try:
+        if getattr(args, "takes_overrides", False):
+            return args.run(args, [a.removeprefix("--") for a in unknown])
         return args.run(args)
-    except EcgFormatError as error:
-        print(f"ecgfm {args.command}: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
+    except Exception as error:
+        if debug:
+            raise
+        preemption = sys.modules.get("ecgfm.preemption")
+        if preemption is not None and isinstance(error, preemption.Preempted):
+            print(f"{prefix}: {_one_line(error)}", file=sys.stderr)
+            return error.exit_code
+        if _is_user_error(error):
+            print(f"{prefix}: {_one_line(error)}", file=sys.stderr)
+            return 2
+        print(
+            f"{prefix}: internal error {type(error).__name__}: {_one_line(error)} (rerun with "
+            "--debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -146,7 +146,10 @@ def settings_from(cls: type, values: Mapping[str, Any] | None, where: str) -> An
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where}: {err}") from None
+        message = str(err)  # a settings class may name its section itself ("train: ...")
+        if not message.startswith(f"{where}"):
+            message = f"{where}: {message}"
+        raise ConfigError(message) from None
 
 
 def _did_you_mean(key: str, known: Sequence[str]) -> str:

@@ -5,7 +5,11 @@
 from another experiment). `Experiment.from_config(config)` turns a config into frozen
 dataclasses — data, model, objective, optimizer, loop, mesh, distributed start-up — so an
 unknown or misspelt key, or an impossible value (a non-positive step count, batch or save
-interval, a negative learning rate), is a `ConfigError` naming it before anything runs.
+interval, a negative learning rate), is a `ConfigError` naming it before anything runs. The two
+checks that need more than the config are made, as `ConfigError` too, where that becomes known:
+a batch the devices cannot split evenly (`train_and_evaluate`, once the mesh exists: the
+devices are not known before `jax.distributed` starts) and a batch larger than the training
+split (`make_inputs`, before it builds the pipeline).
 """
 
 from __future__ import annotations

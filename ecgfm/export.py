@@ -3,6 +3,12 @@
 An exported encoder directory holds `encoder/` (Orbax arrays: parameters and batch statistics,
 no pickle, no head), `ecgfm_encoder.json` (model family and hyperparameters, the preprocessing
 spec, label vocabulary, training data summary) and a model card `README.md`.
+
+Reading one checks it before anything is served (`read_spec`, `load_encoder`): a known
+`format_version`, a preprocessing spec (the input contract that every call is checked
+against), a known model family whose hyperparameters build, weights that read onto that
+architecture and are finite. Each failure is an `EncoderFormatError` naming the folder and the
+problem; a folder that is no encoder at all is an `EncoderNotFoundError`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import functools
 import json
 import pathlib
 import shutil
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +27,27 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from ecgfm import checkpoint, models
+from ecgfm.config import ConfigError
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.experiment import Experiment
 
 SPEC_FILE = "ecgfm_encoder.json"
 FORMAT_VERSION = 1
+READABLE_FORMAT_VERSIONS = (1,)  # what `read_spec` accepts
 LAYOUTS = ("orbax", "safetensors")
 HF_CONFIG, HF_WEIGHTS = "config.json", "model.safetensors"
+
+
+class EncoderFormatError(ValueError):
+    """An encoder folder that cannot be used as it is; the message names it and the problem."""
+
+    def __init__(self, path: str | pathlib.Path, problem: str):
+        self.path, self.problem = pathlib.Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
+class EncoderNotFoundError(EncoderFormatError, FileNotFoundError):
+    """The folder is missing, or holds no encoder (no spec file)."""
 
 
 def _on_one_device(tree: Any) -> Any:
@@ -62,9 +82,19 @@ def export_encoder(
     """
 
     workdir, out_dir = pathlib.Path(workdir), pathlib.Path(out_dir)
-    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
+    run_files = [workdir / "config.json", workdir / "data_spec.json"]
+    if not workdir.is_dir() or not all(f.is_file() for f in run_files):
+        raise checkpoint.NoCheckpointError(
+            f"{workdir} is not the workdir of a training run that has started (no "
+            f"{'folder' if not workdir.is_dir() else 'config.json and data_spec.json'}); "
+            "train first: ecgfm pretrain --config CONFIG --workdir WORKDIR"
+        )
+    try:
+        config = ConfigDict(json.loads(run_files[0].read_text()))
+        data_spec = json.loads(run_files[1].read_text())
+    except ValueError as err:
+        raise ConfigError(f"{workdir}: config.json or data_spec.json is not JSON ({err})") from None
     exp = Experiment.from_config(config)
-    data_spec = json.loads((workdir / "data_spec.json").read_text())
     encoder = _abstract_encoder(exp, len(data_spec["label_names"]))
     target = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),
@@ -72,9 +102,16 @@ def export_encoder(
     }
     if jax.tree.leaves(encoder["model_state"]):
         target["model_state"] = {"encoder": encoder["model_state"]}
-    state = checkpoint.restore_state(
-        workdir / checkpoint.CHECKPOINT_DIR, _on_one_device(target), partial=True
-    )
+    try:
+        # The newest step that reads back as saved (checksums) and finite; damaged ones skipped.
+        state = checkpoint.restore_state(
+            workdir / checkpoint.CHECKPOINT_DIR, _on_one_device(target), partial=True
+        )
+    except checkpoint.NoCheckpointError:
+        raise checkpoint.NoCheckpointError(
+            f"{workdir} holds no finished checkpoint yet (train longer, or until the first "
+            "train.checkpoint_every step), so there is nothing to export"
+        ) from None
     spec = {
         "format_version": FORMAT_VERSION,
         **exp.model.to_dict(),
@@ -266,21 +303,80 @@ class Encoder:
     __call__ = embed
 
 
+def _read_json(file: pathlib.Path, folder: pathlib.Path) -> Any:
+    try:
+        return json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise EncoderFormatError(folder, f"{file.name} does not read as JSON ({err})") from None
+
+
 def read_spec(path: str | pathlib.Path) -> dict:
-    """The spec of an encoder folder (`ecgfm_encoder.json`, or the HF layout's config.json)."""
+    """The spec of an encoder folder (`ecgfm_encoder.json`, or the HF layout's config.json),
+    checked by `check_spec`; `EncoderNotFoundError` when the folder holds neither."""
     path = pathlib.Path(path)
-    spec_path = path / SPEC_FILE
-    if spec_path.is_file():
-        return json.loads(spec_path.read_text())
-    if (path / HF_CONFIG).is_file() and (path / HF_WEIGHTS).is_file():
-        config = json.loads((path / HF_CONFIG).read_text())
-        if isinstance(config.get("ecgfm"), dict):
-            return config["ecgfm"]
-        raise ValueError(f"{path / HF_CONFIG} is not an ecgfm encoder's (no 'ecgfm' entry)")
-    raise FileNotFoundError(
-        f"{path} is not an exported ecgfm encoder (no {SPEC_FILE}, nor {HF_CONFIG} + "
-        f"{HF_WEIGHTS}); to use a published checkpoint, `ecgfm import` it first"
-    )
+    if (path / SPEC_FILE).is_file():
+        spec = _read_json(path / SPEC_FILE, path)
+    elif (path / HF_CONFIG).is_file() and (path / HF_WEIGHTS).is_file():
+        config = _read_json(path / HF_CONFIG, path)
+        spec = config.get("ecgfm") if isinstance(config, dict) else None
+        if not isinstance(spec, dict):
+            raise EncoderFormatError(path, f"{HF_CONFIG} has no 'ecgfm' entry (the spec)")
+    else:
+        raise EncoderNotFoundError(
+            path,
+            f"{'no such folder' if not path.exists() else 'not an exported ecgfm encoder'} (no "
+            f"{SPEC_FILE}, nor {HF_CONFIG} + {HF_WEIGHTS}); to use a published checkpoint, "
+            "`ecgfm import` it first",
+        )
+    check_spec(spec, path)
+    return spec
+
+
+def check_spec(spec: Any, path: str | pathlib.Path) -> None:
+    """Raises `EncoderFormatError` naming `path` unless `spec` is one this ecgfm can serve: a
+    readable `format_version`, a valid `preprocessing` spec, a known model family with
+    hyperparameters it takes, label names, and a well-formed `head` if any."""
+
+    def refuse(problem: str) -> NoReturn:
+        raise EncoderFormatError(path, problem)
+
+    if not isinstance(spec, dict):
+        refuse(f"its spec is a JSON {type(spec).__name__}, not an object")
+    readable = ", ".join(map(str, READABLE_FORMAT_VERSIONS))
+    version = spec.get("format_version")
+    if version is None:
+        refuse(f"its spec has no format_version; this ecgfm reads format_version {readable} "
+               "(folders written by `ecgfm export` or `ecgfm import`)")  # fmt: skip
+    if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
+        refuse(f"format_version {version!r} is not one this ecgfm reads ({readable}); a newer "
+               "ecgfm wrote it? Upgrade ecgfm to load it")  # fmt: skip
+    pre = spec.get("preprocessing")
+    if not pre:
+        refuse("its spec has no preprocessing: without the input contract (sampling rate, "
+               "length, leads, filters) no input could be checked against what the encoder "
+               "expects; re-export it with `ecgfm export` or `ecgfm import`")  # fmt: skip
+    try:
+        Preprocessing.from_dict(pre)
+    except (TypeError, ValueError, AttributeError) as err:
+        refuse(f"its preprocessing spec is invalid ({err})")
+    name = spec.get("model")
+    if not isinstance(name, str) or name not in models.MODELS:
+        known = ", ".join(sorted(models.MODELS))
+        refuse(f"model {name!r} is not a family this ecgfm knows ({known})")
+    if not isinstance(spec.get("hparams"), dict):
+        refuse(f"its spec has no hparams object for {name}")
+    try:
+        models.make_config(name, spec["hparams"])
+    except (TypeError, ValueError) as err:
+        refuse(f"its hparams do not fit {name} ({err})")
+    labels = spec.get("label_names", [])
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        refuse("its label_names are not a list of strings")
+    head = spec.get("head")
+    if head is not None:
+        classes = head.get("num_classes") if isinstance(head, dict) else None
+        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+            refuse(f"its head has num_classes {classes!r}, expected a positive integer")
 
 
 def is_safetensors_folder(path: str | pathlib.Path) -> bool:
@@ -361,25 +457,44 @@ def _hf_license(text: str | None) -> str:
 
 
 def _read_arrays(path: pathlib.Path, target: Any, head_target: Any = None) -> tuple[Any, Any]:
-    """(encoder `{"params", "model_state"}`, head `{"params"}` or None) read onto targets."""
-    if is_safetensors_folder(path):
-        from safetensors.numpy import load_file
+    """(encoder `{"params", "model_state"}`, head `{"params"}` or None) read onto targets,
+    refused (`EncoderFormatError`) if they do not read as the spec's architecture or hold
+    NaN/Inf."""
+    try:
+        if is_safetensors_folder(path):
+            from safetensors.numpy import load_file
 
-        flat = load_file(str(path / HF_WEIGHTS))
-        encoder = _fill(target, flat, str(path / HF_WEIGHTS), "encoder.")
-        encoder = jax.tree.map(lambda a, t: jax.device_put(a, t.sharding), encoder, target)
-        head = None
-        if head_target is not None and any(k.startswith("head.") for k in flat):
-            head = _fill(head_target, flat, str(path / HF_WEIGHTS), "head.")
-        return encoder, head
-    encoder = checkpoint.restore_tree(path / "encoder", target)
-    head = None
-    if head_target is not None and (path / "head").is_dir():
-        head = checkpoint.restore_tree(path / "head", head_target)
+            flat = load_file(str(path / HF_WEIGHTS))
+            encoder = _fill(target, flat, str(path / HF_WEIGHTS), "encoder.")
+            encoder = jax.tree.map(lambda a, t: jax.device_put(a, t.sharding), encoder, target)
+            head = None
+            if head_target is not None and any(k.startswith("head.") for k in flat):
+                head = _fill(head_target, flat, str(path / HF_WEIGHTS), "head.")
+        else:
+            if not (path / "encoder").is_dir():
+                raise EncoderFormatError(path, "it has no encoder/ folder (the weights)")
+            encoder = checkpoint.restore_tree(path / "encoder", target)
+            head = None
+            if head_target is not None and (path / "head").is_dir():
+                head = checkpoint.restore_tree(path / "head", head_target)
+    except EncoderFormatError:
+        raise
+    except Exception as err:  # Orbax, tensorstore and safetensors raise many types
+        problem = checkpoint.brief_error(err)
+        raise EncoderFormatError(
+            path, f"its weights do not read as the architecture its spec describes ({problem})"
+        ) from err
+    bad = checkpoint.non_finite_arrays({"encoder": encoder, "head": head or {}})
+    if bad:
+        raise EncoderFormatError(
+            path, f"{len(bad)} weight array(s) hold NaN/Inf ({checkpoint.listing(bad)}): every "
+            "embedding would be NaN",
+        )  # fmt: skip
     return encoder, head
 
 
 def _restore_encoder(path: pathlib.Path, target: Any) -> tuple[Any, Any]:
+    read_spec(path)  # refuses what load_encoder refuses
     restored, _ = _read_arrays(path, target)
     return restored["params"], restored["model_state"]
 
@@ -388,7 +503,9 @@ def load_encoder(path: str | pathlib.Path) -> Encoder:
     """The encoder exported to `path`, ready to embed input prepared per its preprocessing.
 
     `path` is an `ecgfm export`/`ecgfm import` folder in either layout (Orbax, or Hugging
-    Face `config.json` + `model.safetensors`); neither runs code from the folder.
+    Face `config.json` + `model.safetensors`); neither runs code from the folder. A folder this
+    ecgfm cannot serve exactly as written (see `check_spec`; weights that do not read or hold
+    NaN/Inf) raises `EncoderFormatError` naming it.
     """
     path = pathlib.Path(path)
     spec = read_spec(path)
@@ -401,7 +518,13 @@ def load_encoder(path: str | pathlib.Path) -> Encoder:
             )
         return models.build_encoder(spec["model"], spec["hparams"], rngs=nnx.Rngs(0))
 
-    abstract = nnx.eval_shape(build)
+    try:
+        abstract = nnx.eval_shape(build)
+    except Exception as err:  # hyperparameters a family's code cannot build (any error type)
+        problem = checkpoint.brief_error(err)
+        raise EncoderFormatError(
+            path, f"its hparams do not build a {spec['model']} ({problem})"
+        ) from err
     encoder_abstract = abstract.encoder if head_spec else abstract
     graphdef, params, model_state = nnx.split(encoder_abstract, nnx.Param, ...)
     target = {"params": nnx.to_pure_dict(params), "model_state": nnx.to_pure_dict(model_state)}

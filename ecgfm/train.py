@@ -44,15 +44,24 @@ def _check_finite(
            and not math.isfinite(metrics[k])}  # fmt: skip
     if not bad:
         return
-    last = max(checkpointer.all_steps(), default=0)
-    shown = ", ".join(record_ids[:8]) + (f" (+{len(record_ids) - 8} more)" if len(record_ids) > 8
-                                         else "")  # fmt: skip
+    last = max(checkpointer.all_steps(), default=None)
+    shown = checkpoint.listing(record_ids, limit=8)
+    saved = "No checkpoint was written yet: a rerun starts afresh"
+    if last is not None:
+        saved = f"The newest checkpoint (step {last}) holds finite weights: rerun to resume from it"
     raise NonFiniteError(
         f"{', '.join(f'{k} is {v}' for k, v in bad.items())} at step {step}; stopping without "
-        f"saving it. The batch held records {shown or '(unknown)'}. The newest checkpoint "
-        f"(step {last}) holds finite weights: rerun to resume from it, check those records, or "
-        "lower optim.learning_rate."
+        f"saving it. The batch held records {shown or '(unknown)'}. {saved}; check those "
+        "records, or lower optim.learning_rate."
     )
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    """Write beside, then rename: a kill leaves the old file or the new one, never a torn one
+    (`ecgfm export` reads these two)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
@@ -102,7 +111,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     )  # fmt: skip
 
     if main:  # after restoring: a run refused for a changed config leaves them as they were
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        _write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         data_spec = {
             "label_names": list(inputs.label_names),
             "preprocessing": inputs.preprocessing.to_dict(),
@@ -110,7 +119,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
             "num_val_exams": inputs.num_validation,
             "data": inputs.description,
         }
-        (workdir / "data_spec.json").write_text(json.dumps(data_spec, indent=2) + "\n")
+        _write_atomically(workdir / "data_spec.json", json.dumps(data_spec, indent=2) + "\n")
 
     metrics_log = MetricsLog(workdir, start_step)
     throughput = Throughput(loop.global_batch_size)

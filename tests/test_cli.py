@@ -1,7 +1,10 @@
-"""The `ecgfm` command a researcher types: inspect, synth, plot, evaluate."""
+"""The `ecgfm` command a researcher types: inspect, synth, plot, evaluate; and what misuse gives:
+one line naming the problem and a non-zero exit, never a traceback (unless --debug)."""
 
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +183,199 @@ def test_pretrain_export_probe_and_finetune_from_the_command_line(capsys, tmp_pa
     assert "finetune" in finetune_table and "scratch" in finetune_table
     results = json.loads((tmp_path / "ft" / "results.json").read_text())
     assert results["protocol"]["windowing"]["window_s"] == pytest.approx(1024 / 400)
+
+
+# --- Misuse: one line on stderr naming the problem, exit code 2, no traceback -----------------
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "experiments" / "configs" / "smoke.py")
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> list[str]:
+    """Overrides that point the smoke config at 24 packed synthetic CODE exams (built once)."""
+    root = tmp_path_factory.mktemp("packed")
+    assert main(["synth", "code", "--out", str(root / "src"), "--exams", "24"]) == 0
+    assert main(["prepare", "code", "--src", str(root / "src"), "--data-dir", str(root / "tfds"),
+                 "--config", SMOKE]) == 0  # fmt: skip
+    (build,) = (root / "tfds" / "code").iterdir()
+    return [f"--config.data.path={root / 'tfds'}", f"--config.data.build={build.name}",
+            "--config.train.eval_every=0", "--config.train.steps=3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def diverged(packed, tmp_path_factory) -> tuple[pathlib.Path, int, str]:
+    """A run whose first update overflows the weights: (workdir, exit code, stderr)."""
+    workdir = tmp_path_factory.mktemp("diverged")
+    nan = ["--config.optim.learning_rate=1e30", "--config.optim.schedule=constant"]
+    code, err = _run(["pretrain", "--config", SMOKE, "--workdir", str(workdir), *packed, *nan])
+    return workdir, code, err
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    """(exit code, stderr) of `ecgfm ARGV` run in this process."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as stop:  # argparse, and `ecgfm evaluate`'s own messages
+            if isinstance(stop.code, str):
+                print(stop.code, file=sys.stderr)
+                code = 1
+            else:
+                code = stop.code
+    return code, err.getvalue()
+
+
+def _assert_one_line_error(code: int, err: str, expected: str) -> None:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("ecgfm")]
+    assert len(errors) == 1, err  # warnings and progress bars aside, one line says what failed
+    assert code == 2, (code, err)
+    assert expected in errors[0], errors[0]
+
+
+def _damaged_encoder(folder: pathlib.Path) -> pathlib.Path:
+    """An encoder folder whose spec says it was written by a future ecgfm (format_version 999)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = {"format_version": 999, "model": "ribeiro_resnet", "hparams": {},
+            "preprocessing": {"sampling_rate": 400.0}}  # fmt: skip
+    (folder / "ecgfm_encoder.json").write_text(json.dumps(spec))
+    return folder
+
+
+def _empty(folder: pathlib.Path) -> pathlib.Path:
+    folder.mkdir()
+    return folder
+
+
+def _pretrain(tmp_path, packed, *overrides):
+    return ["pretrain", "--config", SMOKE, "--workdir", str(tmp_path / "w"), *packed, *overrides]
+
+
+MISUSE = {
+    "zero batch": (lambda t, p: _pretrain(t, p, "--config.train.global_batch_size=0"),
+                   "train: global_batch_size is 0, must be > 0"),
+    "negative batch": (lambda t, p: _pretrain(t, p, "--config.train.global_batch_size=-4"),
+                       "global_batch_size is -4, must be > 0"),
+    "batch not divisible by the 8 devices": (
+        lambda t, p: _pretrain(t, p, "--config.train.global_batch_size=12"),
+        "global_batch_size 12 is not divisible by the 8 devices"),
+    "batch larger than the dataset": (
+        lambda t, p: _pretrain(t, p, "--config.train.global_batch_size=64"),
+        "global_batch_size 64 is larger than the"),
+    "negative steps": (lambda t, p: _pretrain(t, p, "--config.train.steps=-5"),
+                       "steps is -5, must be > 0"),
+    "negative learning rate": (lambda t, p: _pretrain(t, p, "--config.optim.learning_rate=-1"),
+                               "learning_rate is -1.0, must be >= 0"),
+    "checkpoint_every=0": (lambda t, p: _pretrain(t, p, "--config.train.checkpoint_every=0"),
+                           "checkpoint_every is 0, must be > 0"),
+    "empty dataset folder": (
+        lambda t, p: _pretrain(t, [], f"--config.data.path={_empty(t / 'empty')}"),
+        "no built dataset 'code' under"),
+    "missing config file": (
+        lambda t, p: ["pretrain", "--config", str(t / "nope.py"), "--workdir", str(t / "w")],
+        "config file not found"),
+    "unknown override key": (lambda t, p: _pretrain(t, p, "--config.train.stepz=3"),
+                             "unknown config key 'train.stepz'"),
+    "override without a value": (lambda t, p: _pretrain(t, p, "--config.train.steps"),
+                                 "is not of the form key=value"),
+    "override of the wrong type": (lambda t, p: _pretrain(t, p, "--config.train.steps=many"),
+                                   "train.steps expects int, got 'many'"),
+    "workdir is a file": (
+        lambda t, p: ["pretrain", "--config", SMOKE, "--workdir", SMOKE, *p], "is a file"),
+    "unknown argument": (lambda t, p: _pretrain(t, p, "--steps=3"),
+                         "unrecognized arguments: --steps=3"),
+    "synth --exams 0": (lambda t, p: ["synth", "code", "--out", str(t / "s"), "--exams", "0"],
+                        "--exams: must be at least 1, got 0"),
+    "export from a missing workdir": (
+        lambda t, p: ["export", "--workdir", str(t / "none"), "--out", str(t / "e")],
+        "is not the workdir of a training run"),
+    "export of a damaged encoder folder": (
+        lambda t, p: ["export", "--encoder", str(_damaged_encoder(t / "bad")),
+                      "--out", str(t / "e")],
+        "format_version 999 is not one this ecgfm reads (1)"),
+    "inspect a damaged encoder folder": (
+        lambda t, p: ["inspect", str(_damaged_encoder(t / "bad"))], "format_version 999"),
+    "probe a damaged encoder folder": (
+        lambda t, p: ["probe", "--encoder", str(_damaged_encoder(t / "bad")), "--dataset",
+                      "ptbxl", "--data-root", str(t), "--out", str(t / "p")],
+        "format_version 999"),
+    "probe a missing encoder": (
+        lambda t, p: ["probe", "--encoder", str(t / "none"), "--dataset", "ptbxl",
+                      "--data-root", str(t), "--out", str(t / "p")],
+        "no such folder"),
+    "probe --fractions 0": (
+        lambda t, p: ["probe", "--encoder", str(t), "--dataset", "ptbxl", "--data-root", str(t),
+                      "--out", str(t / "p"), "--fractions", "0"],
+        "label fractions are percent in (0, 100]"),
+    "finetune --steps 0": (
+        lambda t, p: ["finetune", "--encoder", str(t), "--dataset", "ptbxl", "--data-root",
+                      str(t), "--out", str(t / "p"), "--steps", "0"],
+        "--steps: must be at least 1"),
+    "demo --steps -1": (lambda t, p: ["demo", "--steps", "-1", "--workdir", str(t / "d")],
+                        "--steps: must be at least 1"),
+    "prepare from an empty folder": (
+        lambda t, p: ["prepare", "code", "--src", str(_empty(t / "e")),
+                      "--data-dir", str(t / "tfds")],
+        "exams.csv"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MISUSE))
+def test_misuse_is_one_line_and_exit_code_2(case, packed, tmp_path):
+    argv, expected = MISUSE[case]
+    code, err = _run(argv(tmp_path, packed))
+    _assert_one_line_error(code, err, expected)
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_a_diverging_run_is_one_line_naming_the_step_and_saves_nothing(diverged):
+    workdir, code, err = diverged
+    _assert_one_line_error(code, err, "at step 1; stopping without saving it")
+    assert "No checkpoint was written yet" in err
+    assert not [p for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_exporting_a_run_without_a_checkpoint_names_the_workdir(diverged, tmp_path):
+    workdir = diverged[0]  # started (config.json written), diverged before any checkpoint
+    code, err = _run(["export", "--workdir", str(workdir), "--out", str(tmp_path / "e")])
+    _assert_one_line_error(code, err, f"{workdir} holds no finished checkpoint")
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, tmp_path):
+    import ecgfm.data.synthetic
+
+    def broken(*args, **kwargs):
+        raise KeyError("model")
+
+    monkeypatch.setattr(ecgfm.data.synthetic, "write_dataset", broken)
+    argv = ["synth", "code", "--out", str(tmp_path / "s")]
+    code, err = _run(argv)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == ("ecgfm synth: internal error KeyError: 'model' (rerun with --debug "
+                           "for the traceback, and please report it)")  # fmt: skip
+    with pytest.raises(KeyError, match="model"):
+        main([*argv, "--debug"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["synth", "code", "--out", "OUT", "--exams", "0"],
+     ["pretrain", "--config", "MISSING.py", "--workdir", "OUT"],
+     ["inspect", "BAD"]],
+)  # fmt: skip
+def test_misuse_from_a_shell_prints_exactly_one_line(argv, tmp_path):
+    """The installed command, as a shell runs it: nothing on stderr but the one line."""
+    bad = _damaged_encoder(tmp_path / "bad")
+    argv = [str(bad) if a == "BAD" else str(tmp_path / a) if a.isupper() or a.endswith(".py")
+            else a for a in argv]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "ecgfm.cli", *argv], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"ecgfm {argv[0]}: ")

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from ml_collections import ConfigDict
 
 from ecgfm import checkpoint, sharding, train_state
 from ecgfm.config import load_config
@@ -176,3 +177,166 @@ def test_safetensors_export_round_trips_bit_exactly(exported, tmp_path):
     assert shared.config == orbax.config
     signal = np.random.default_rng(1).normal(size=(2, 1024, 12)).astype(np.float32)
     np.testing.assert_array_equal(orbax(signal, 400), shared(signal, 400))
+
+
+# --- What load_encoder, read_spec and export_encoder refuse, naming the folder ---------------
+
+
+def _edit_spec(folder: pathlib.Path, edit) -> None:
+    path = folder / "ecgfm_encoder.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def _without(spec: dict, key: str) -> dict:
+    return {k: v for k, v in spec.items() if k != key}
+
+
+def _hparams(spec: dict, **hparams) -> dict:
+    return {**spec, "hparams": {**spec["hparams"], **hparams}}
+
+
+SPEC_DAMAGE = {
+    "format_version 999": (lambda s: {**s, "format_version": 999},
+                           "format_version 999 is not one this ecgfm reads (1)"),
+    "no format_version": (lambda s: _without(s, "format_version"),
+                          "its spec has no format_version; this ecgfm reads format_version 1"),
+    "format_version true": (lambda s: {**s, "format_version": True}, "format_version True"),
+    "no preprocessing": (lambda s: _without(s, "preprocessing"), "its spec has no preprocessing"),
+    "null preprocessing": (lambda s: {**s, "preprocessing": None}, "has no preprocessing"),
+    "preprocessing of another kind": (lambda s: {**s, "preprocessing": {"rate": 400}},
+                                      "its preprocessing spec is invalid"),
+    "no model": (lambda s: _without(s, "model"), "model None is not a family this ecgfm knows"),
+    "unknown model": (lambda s: {**s, "model": "resnet9000"}, "model 'resnet9000' is not a"),
+    "no hparams": (lambda s: _without(s, "hparams"), "no hparams object"),
+    "unknown hparam": (lambda s: _hparams(s, depth=3), "its hparams do not fit"),
+    "hparams that build nothing": (lambda s: _hparams(s, kernel_size=0),  # ZeroDivisionError
+                                   "its hparams do not build a ribeiro_resnet"),
+    "hparams of another size": (lambda s: _hparams(s, widths=[8, 16, 32]),
+                                "its weights do not read as the architecture"),
+    "labels not strings": (lambda s: {**s, "label_names": [1, 2]}, "label_names"),
+    "spec is a list": (lambda s: [s], "its spec is a JSON list, not an object"),
+    "head without classes": (lambda s: {**s, "head": {"activation": "sigmoid"}},
+                             "its head has num_classes None"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", list(SPEC_DAMAGE))
+def test_load_encoder_refuses_a_damaged_spec_naming_the_folder(exported, tmp_path, damage):
+    from ecgfm.export import EncoderFormatError
+
+    edit, expected = SPEC_DAMAGE[damage]
+    folder = tmp_path / "encoder"
+    shutil.copytree(exported[1], folder)
+    _edit_spec(folder, edit)
+    with pytest.raises(EncoderFormatError) as refused:
+        load_encoder(folder)
+    assert str(refused.value).startswith(f"{folder}: ")
+    assert expected in str(refused.value)
+
+
+def test_load_encoder_refuses_unreadable_or_missing_files(exported, tmp_path):
+    from ecgfm.export import EncoderFormatError, EncoderNotFoundError, read_spec
+
+    folder = tmp_path / "encoder"
+    shutil.copytree(exported[1], folder)
+    shutil.rmtree(folder / "encoder")
+    with pytest.raises(EncoderFormatError, match=rf"^{folder}: it has no encoder/ folder"):
+        load_encoder(folder)
+    (folder / "ecgfm_encoder.json").write_text('{"format_version": 1, "mod')  # torn
+    with pytest.raises(EncoderFormatError, match=rf"^{folder}: ecgfm_encoder.json does not read"):
+        read_spec(folder)
+    with pytest.raises(EncoderNotFoundError, match=rf"^{tmp_path / 'none'}: no such folder"):
+        load_encoder(tmp_path / "none")
+    assert issubclass(EncoderNotFoundError, FileNotFoundError)
+
+
+def test_load_encoder_refuses_damaged_weight_files(exported, tmp_path):
+    from ecgfm.export import EncoderFormatError
+
+    folder = tmp_path / "encoder"
+    shutil.copytree(exported[1], folder)
+    for path in (folder / "encoder").rglob("*"):
+        if path.is_file() and path.stat().st_size > 1000:
+            path.write_bytes(b"\0" * 64)
+    with pytest.raises(EncoderFormatError, match=rf"^{folder}: its weights do not read"):
+        load_encoder(folder)
+
+
+def _nan_weights(exported_folder: pathlib.Path, out: pathlib.Path, layout: str) -> pathlib.Path:
+    from ecgfm.export import read_encoder_arrays, write_encoder
+
+    spec, params, model_state, _ = read_encoder_arrays(exported_folder)
+    kernel = np.array(params["stem_conv"]["kernel"])
+    kernel[0, 0, 0] = np.nan
+    params["stem_conv"]["kernel"] = kernel
+    return write_encoder(out, params, model_state, spec, layout=layout)
+
+
+@pytest.mark.parametrize("layout", ["orbax", "safetensors"])
+def test_load_encoder_refuses_non_finite_weights(exported, tmp_path, layout):
+    from ecgfm.export import EncoderFormatError
+
+    folder = _nan_weights(exported[1], tmp_path / layout, layout)
+    expected = (rf"^{folder}: 1 weight array\(s\) hold NaN/Inf \(encoder/params/stem_conv/kernel\)"
+                ": every embedding would be NaN")  # fmt: skip
+    with pytest.raises(EncoderFormatError, match=expected):
+        load_encoder(folder)
+
+
+def test_safetensors_folders_are_checked_alike(exported, tmp_path):
+    from ecgfm.export import EncoderFormatError
+
+    hf = export_encoder(exported[0], tmp_path / "hf", layout="safetensors")
+    config = json.loads((hf / "config.json").read_text())
+    config["ecgfm"]["format_version"] = 999
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EncoderFormatError, match=rf"^{hf}: format_version 999"):
+        load_encoder(hf)
+    del config["ecgfm"]
+    (hf / "config.json").write_text(json.dumps(config))
+    with pytest.raises(EncoderFormatError, match=rf"^{hf}: config.json has no 'ecgfm' entry"):
+        load_encoder(hf)
+    hf = export_encoder(exported[0], tmp_path / "hf2", layout="safetensors")
+    (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:200])
+    with pytest.raises(EncoderFormatError, match=rf"^{hf}: its weights do not read"):
+        load_encoder(hf)
+
+
+def test_export_refuses_a_workdir_without_a_run_or_checkpoint(exported, tmp_path):
+    from ecgfm.checkpoint import NoCheckpointError
+
+    with pytest.raises(NoCheckpointError, match=rf"^{tmp_path / 'none'} is not the workdir"):
+        export_encoder(tmp_path / "none", tmp_path / "out")
+    started = tmp_path / "started"  # killed before its first checkpoint
+    started.mkdir()
+    for name in ("config.json", "data_spec.json"):
+        shutil.copy(exported[0] / name, started / name)
+    with pytest.raises(NoCheckpointError, match=rf"^{started} holds no finished checkpoint"):
+        export_encoder(started, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_skips_a_non_finite_checkpoint_and_refuses_when_none_is_finite(exported, tmp_path):
+    """A checkpoint holding NaN (as an ecgfm from before the finiteness check could write) is
+    never exported: the newest finite one is, or nothing."""
+    import orbax.checkpoint as ocp
+
+    workdir = tmp_path / "run"
+    shutil.copytree(exported[0], workdir, ignore=shutil.ignore_patterns("export", "data"))
+    config = ConfigDict(json.loads((workdir / "config.json").read_text()))
+    target = _training(config, sharding.make_mesh()).target
+    state = checkpoint.restore_state(workdir / "checkpoints", target)
+    state["params"]["encoder"]["stem_conv"]["kernel"] = (
+        state["params"]["encoder"]["stem_conv"]["kernel"].at[0, 0, 0].set(np.nan)
+    )
+    with ocp.CheckpointManager(workdir / "checkpoints") as manager:  # no checksum, no check
+        manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    out = export_encoder(workdir, tmp_path / "out")
+    assert json.loads((out / "ecgfm_encoder.json").read_text())["trained_steps"] == 3
+    assert np.isfinite(load_encoder(out)(np.zeros((1024, 12), np.float32), 400)).all()
+
+    shutil.rmtree(workdir / "checkpoints" / "3")
+    expected = r"\(steps 4\) is damaged.*hold NaN/Inf \(params/encoder/stem_conv"
+    with pytest.raises(checkpoint.CheckpointDamagedError, match=expected):
+        export_encoder(workdir, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
