@@ -80,20 +80,6 @@ def _interrupt_after_first_checkpoint(
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_rerun_continues_bit_exactly(reference, tmp_path):
-    interrupted = tmp_path / "interrupted"
-    proc = _interrupt_after_first_checkpoint(reference, interrupted, signal.SIGKILL)
-    proc.wait()
-    killed_at = max(_losses(interrupted))
-    assert killed_at < 24
-
-    _finished(_train(interrupted))
-    expected, got = _losses(reference), _losses(interrupted)
-    assert sorted(got) == list(range(1, 25))
-    assert got == expected  # bit-exact, every step
-
-
-@pytest.mark.slow
 def test_kill_9_at_random_moments_loses_nothing(reference, tmp_path):
     """Four kills drawn with a seed (while an asynchronous checkpoint is written or just after
     one is committed, at any moment from writing the exams through start-up to training, just
