@@ -5,6 +5,9 @@ import pathlib
 import shutil
 import tempfile
 
+import absl.flags
+import pytest
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -19,8 +22,6 @@ if _OWN_CACHE:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
-import absl.flags
-import pytest
 
 # grain's worker processes read absl flags: with grain 0.2.18 a worker stops with
 # `UnparsedFlagAccessError ... grain_enable_multiprocess_worker_profiling` unless they are parsed.
