@@ -171,14 +171,14 @@ def test_vit1d_embeds_any_length(tiny_vit):
     # A trailing partial patch is left out: 260 samples are the 10 patches of 250.
     x = signal(1, 260)
     encoder = tiny_vit.encoder
+    embed = nnx.jit(lambda e, x: e(x, train=False))
     np.testing.assert_allclose(
-        encoder(x, train=False).embedding_BD, encoder(x[:, :250], train=False).embedding_BD,
-        rtol=1e-6,
-    )  # fmt: skip
+        embed(encoder, x).embedding_BD, embed(encoder, x[:, :250]).embedding_BD, rtol=1e-6
+    )
     # Fewer patches take the first rows of the position table; more than max_patches (10)
     # take it interpolated, and the table's first and last rows stay where they were.
-    assert encoder(signal(1, 75), train=False).features_BND.shape == (1, 12 * 3, 32)
-    assert encoder(signal(1, 500), train=False).features_BND.shape == (1, 12 * 20, 32)
+    assert embed(encoder, signal(1, 75)).features_BND.shape == (1, 12 * 3, 32)
+    assert embed(encoder, signal(1, 500)).features_BND.shape == (1, 12 * 20, 32)
     positions = np.asarray(encoder.patch_positions(19))
     table = np.asarray(encoder._positions())
     np.testing.assert_allclose(positions[[0, -1]], table[[0, -1]], rtol=1e-5, atol=1e-6)
@@ -195,8 +195,10 @@ def test_vit1d_embeds_any_length(tiny_vit):
 )  # fmt: skip
 def test_transfer_heads_take_any_input_length(name, head):
     # Ribeiro's flatten head is built for 1024 samples; the transfer heads take 2.5 s windows.
-    config = {"ribeiro_resnet": TINY_RIBEIRO, "xresnet1d": {"depth": 18}, "vit1d": TINY_VIT}[name]
-    model = ModelSpec.create(name, config).build_classifier(3, nnx.Rngs(0), head=head)
+    tiny_xresnet = {"depth": 18, "stem_widths": (8, 8, 8), "widths": (8, 8, 8, 8)}
+    config = {"ribeiro_resnet": TINY_RIBEIRO, "xresnet1d": tiny_xresnet, "vit1d": TINY_VIT}[name]
+    spec = ModelSpec.create(name, config)
+    model = nnx.jit(lambda: spec.build_classifier(3, nnx.Rngs(0), head=head))()
     for length in (250, 1000):
         assert run(model, signal(2, length)).shape == (2, 3)
 
@@ -211,7 +213,7 @@ def test_a_frozen_encoder_gets_no_gradient_and_keeps_its_statistics(tiny_ribeiro
         out = nnx.merge(graphdef, p, rest)(signal(4, 400), train=True)
         return jnp.sum(out**2)
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)  # one compilation: cheaper than eager backward
     encoder_grads = jax.tree.leaves(grads["encoder"])
     assert all(float(jnp.abs(g).max()) == 0.0 for g in encoder_grads)
     assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["head"]))
