@@ -225,12 +225,12 @@ def markdown(board: Mapping[str, Any]) -> str:
                 else _fmt_ci(r["macro_auroc"], r["macro_auroc_ci_low"], r["macro_auroc_ci_high"])
             )
         table.append([encoder, mode, method, *cells])
+    published: dict[tuple[str, str], list[str]] = {}  # one row per published model
     for lit in board["literature"]:
-        cells = ["—"] * len(tasks)
+        cells = published.setdefault((lit["encoder"], lit["mode"]), ["—"] * len(tasks))
         cells[tasks.index(lit["task"])] = f"{lit['macro_auroc']:.3f}"
-        table.append(
-            [f"{lit['encoder']} (literature, not measured)", lit["mode"], "published", *cells]
-        )
+    for (model, mode), cells in published.items():
+        table.append([f"{model} (literature, not measured)", mode, "published", *cells])
     lines += _table(["encoder", "mode", "method", *tasks], table)
     if board["literature"]:
         lines += ["", f"Literature rows: {board['literature'][0]['source']}."]
