@@ -190,8 +190,11 @@ def test_vit1d_embeds_any_length(tiny_vit):
 
 @pytest.mark.parametrize(
     ("name", "head"),
-    [("ribeiro_resnet", "linear"), ("ribeiro_resnet", "attention"), ("vit1d", "attention"),
-     ("xresnet1d", "attention")],
+    # Two fast cases cover both heads' shapes on conv and transformer features; the others
+    # compile a larger graph per length and run with the slow tests.
+    [pytest.param("ribeiro_resnet", "linear", marks=pytest.mark.slow),
+     ("ribeiro_resnet", "attention"), ("vit1d", "attention"),
+     pytest.param("xresnet1d", "attention", marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_transfer_heads_take_any_input_length(name, head):
     # Ribeiro's flatten head is built for 1024 samples; the transfer heads take 2.5 s windows.
