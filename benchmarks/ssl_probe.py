@@ -4,15 +4,15 @@
 
 For each smoke config (`experiments/configs/<name>.py`: supervised Ribeiro ResNet, SimCLR,
 CLOCS, ST-MEM, JEPA, CPC on S4, supervised S4): `ecgfm pretrain` on one packed dataset of 192
-synthetic CODE-15%-layout exams (`ecgfm.demo.synthetic_code_dataset`, 80/20 by patient),
-`ecgfm export`, then `run_probe` on one synthetic PTB-XL-layout folder (400 records at 500 Hz,
+synthetic CODE-15%-layout exams (`ecgfm.demo.synthetic_code_dataset`, 80/20 by patient), `ecgfm
+export`, then `run_probe` on one synthetic PTB-XL-layout folder (400 records at 500 Hz,
 superdiagnostic, folds 1–8 / 9 / 10, all training labels, seed 0) with the configs' common
-input: 2.56 s windows (1024 samples at 400 Hz; the S4 encoders take any length, the others need
-this one), strided by 2.56 s, max-aggregated per record. Each row gives the test macro AUROC with
-its 95 % bootstrap CI, the same probe on a randomly initialised twin of the encoder, and the
-paired difference. `--finetune` names configs whose encoders are also fine-tuned on the same
-task (`run_finetune` with `ecgfm demo`'s settings: `--finetune-steps` 250, the first fifth
-training the head alone), beside the same network trained from scratch.
+input: 2.56 s windows (1024 samples at 400 Hz, the length they were pretrained on; every encoder
+takes any length since issue 14), strided by 2.56 s, max-aggregated per record. Each row gives
+the test macro AUROC with its 95 % bootstrap CI, the same probe on a randomly initialised twin
+of the encoder, and the paired difference. `--finetune` names configs whose encoders are also
+fine-tuned on the same task (`run_finetune` with `ecgfm demo`'s settings: `--finetune-steps`
+250, the first fifth training the head alone), beside the same network trained from scratch.
 
 The smoke runs are 40 steps on ~150 training exams: the table checks that every objective runs
 end to end through the same protocol and shows how far 40 steps get, not which objective is

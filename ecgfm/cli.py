@@ -245,15 +245,9 @@ def _format_encoder(summary: dict) -> str:
 def _task_spec(args: argparse.Namespace):
     from ecgfm.transfer.protocol import Windowing, cpsc2018_task, ptbxl_task
 
-    window_s = args.window_s
-    if window_s is None:  # the encoder's own input length, when its spec fixes one
-        from ecgfm.export import read_spec
-
-        spec = read_spec(args.encoder).get("preprocessing") or {}
-        fixed = spec.get("num_samples")
-        window_s = fixed / spec["sampling_rate"] if fixed else 2.5
+    # Every encoder embeds any length: the benchmark's 2.5 s windows unless asked otherwise.
     windowing = Windowing(
-        window_s=window_s or None,
+        window_s=args.window_s or None,
         train_stride_s=args.train_stride_s,
         eval_stride_s=args.eval_stride_s,
         aggregation=args.aggregation,
@@ -355,7 +349,10 @@ def _add_transfer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--window-s",
         type=float,
-        help="input window in s (0: whole record; default: the encoder's input length, else 2.5)",
+        default=2.5,
+        help="input window in s (default 2.5, the PTB-XL benchmark's, whatever length the "
+        "encoder was pretrained on; 0: one input per record, cropped/padded to the encoder's "
+        "length)",
     )
     p.add_argument("--train-stride-s", type=float, default=2.5)
     p.add_argument("--eval-stride-s", type=float, default=1.25)
@@ -376,6 +373,134 @@ def _add_transfer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-baseline", action="store_true", help="skip the random-init / from-scratch baseline"
     )
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ecgfm.transfer.benchmark import BenchmarkConfig, DataRoots, run_benchmark
+
+    roots = DataRoots(
+        ptbxl=args.ptbxl, cpsc2018=args.cpsc2018, code_test=args.code_test,
+        code_train=args.code_train,
+    )  # fmt: skip
+    try:
+        config = BenchmarkConfig(
+            tasks=args.tasks, modes=args.modes, fractions=args.fractions, seeds=args.seeds,
+            ptbxl_sampling_rate=args.sampling_rate, num_bootstrap=args.bootstrap,
+            baselines=not args.no_baselines,
+        )  # fmt: skip
+        overrides = {"epochs": args.epochs} if args.epochs is not None else {}
+        if args.steps is not None:
+            overrides = {"epochs": None, "steps": args.steps}
+        config = dataclasses.replace(
+            config,
+            attention=dataclasses.replace(config.attention, **overrides),
+            finetune=dataclasses.replace(config.finetune, **overrides),
+        )
+        run_benchmark(args.encoder, roots, args.out, config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"ecgfm benchmark: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ecgfm.transfer.predictor import Predictor, open_dataset, write_predictions
+
+    try:
+        predictor = Predictor.load(args.encoder, args.head)
+        reader, id_column = open_dataset(args.data, on_error="skip" if args.skip_bad else "raise")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"ecgfm predict: {error}", file=sys.stderr)
+        return 2
+    on_error = "skip" if args.skip_bad else "raise"
+    sidecar = write_predictions(
+        predictor, reader.iter_records(on_error=on_error), args.out, id_column=id_column,
+        data=str(args.data), on_error=on_error,
+    )  # fmt: skip
+    print(
+        f"wrote {sidecar['num_exams']} rows × {len(predictor.label_names)} classes to "
+        f"{args.out} and the model card to {sidecar['sidecar']}"
+        + (f" ({len(sidecar['skipped'])} records skipped)" if sidecar["skipped"] else "")
+    )
+    return 0
+
+
+def _add_benchmark_parser(commands) -> None:
+    from ecgfm.transfer.benchmark import DEFAULT_FRACTIONS, DEFAULT_SEEDS, MODES
+    from ecgfm.transfer.tasks import BENCHMARK_TASKS
+
+    p = commands.add_parser(
+        "benchmark",
+        help="the transfer suite: PTB-XL's six tasks, CPSC 2018, the CODE test set; three modes",
+        description="Runs every ENCODER through linear probe, frozen encoder + attention-pooling "
+        "head, and full fine-tuning (Al-Masud, Lopez Alcaraz & Strodthoff, ICLR 2026), each "
+        "beside its baseline (random-init encoder; the network trained from scratch), on PTB-XL's "
+        "six tasks (folds 1-8/9/10), CPSC 2018 (shipped split) and the CODE test set (Ribeiro "
+        "et al. 2020, beside its annotators), at nested label fractions and several seeds, with "
+        "2.5 s windows and max aggregation for every encoder. Writes OUT/leaderboard.{md,csv,json} "
+        "and plots with 95%% CIs and paired differences. Resumable: rerun the same command "
+        "after an interruption and finished cells are loaded, not recomputed.",
+    )
+    p.add_argument(
+        "--encoder", required=True, action="append", type=pathlib.Path,
+        help="an `ecgfm export`/`ecgfm import` folder (repeat for several)",
+    )  # fmt: skip
+    p.add_argument("--ptbxl", type=pathlib.Path, help="PTB-XL folder as shipped")
+    p.add_argument("--cpsc2018", type=pathlib.Path, help="CPSC 2018 training set folder")
+    p.add_argument(
+        "--code-test", type=pathlib.Path,
+        help="the CODE test set folder (ecg_tracings.hdf5, attributes.csv, annotations/)",
+    )  # fmt: skip
+    p.add_argument(
+        "--code-train", type=pathlib.Path,
+        help="CODE-15%%/CODE-II folder whose exams train (90%%) and validate (10%%, by patient) "
+        "the heads scored on the CODE test set",
+    )  # fmt: skip
+    p.add_argument("--out", required=True, type=pathlib.Path, help="results folder")
+    p.add_argument(
+        "--tasks", type=_names, help=f"comma list from {', '.join(BENCHMARK_TASKS)} "
+        "(default: every task the data flags allow)",
+    )  # fmt: skip
+    p.add_argument(
+        "--modes", type=_names, default=MODES, help=f"comma list from {', '.join(MODES)}"
+    )
+    p.add_argument(
+        "--fractions", type=_floats, default=DEFAULT_FRACTIONS,
+        help="label fractions in %% of the training fold (default 1,10,100)",
+    )  # fmt: skip
+    p.add_argument("--seeds", type=_ints, default=DEFAULT_SEEDS, help="comma list (default 0,1,2)")
+    p.add_argument("--sampling-rate", type=int, default=100, help="PTB-XL files: 100 or 500")
+    p.add_argument("--bootstrap", type=int, default=1000, help="test resamples for the CIs")
+    p.add_argument("--epochs", type=float, help="attention head and fine-tuning epochs (20)")
+    p.add_argument("--steps", type=int, help="fixed steps per fit instead of epochs")
+    p.add_argument("--no-baselines", action="store_true", help="skip random-init and scratch")
+    p.set_defaults(run=_benchmark)
+
+
+def _add_predict_parser(commands) -> None:
+    p = commands.add_parser(
+        "predict",
+        help="predict with a trained head: one CSV row per exam + a JSON model card",
+        description="Scores every exam of DATA (a CODE-15%%/CODE-II/CODE-II-test folder, the "
+        "CODE test set, PTB-XL, CPSC 2018 or a Challenge folder) with ENCODER + HEAD (written "
+        "by `ecgfm benchmark` in OUT/models/<encoder>/<task>/<mode>/: head/, and for "
+        "fine-tuning its encoder/) as the study did (2.5 s windows, aggregated per exam). "
+        "Writes OUT: exam id, then one probability column per class in the model's label "
+        "order; and OUT.json: the model card (encoder hash and spec, head, task, thresholds "
+        "from validation, versions), for blinded scoring of withheld labels.",
+    )
+    p.add_argument("--encoder", required=True, type=pathlib.Path, help="encoder folder")
+    p.add_argument("--head", required=True, type=pathlib.Path, help="head folder")
+    p.add_argument("--data", required=True, type=pathlib.Path, help="dataset folder")
+    p.add_argument("--out", required=True, type=pathlib.Path, help="predictions CSV")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable records (listed)")
+    p.set_defaults(run=_predict)
 
 
 def _load_matrix(path: pathlib.Path, what: str):
@@ -629,6 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--freeze-steps", type=_non_negative_int, default=0, help="head-only steps first"
     )
     p.set_defaults(run=_finetune)
+
+    _add_benchmark_parser(commands)
+    _add_predict_parser(commands)
 
     p = commands.add_parser(
         "evaluate",

@@ -61,6 +61,41 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProbeEvalConfig:
+    """The probe evaluated while pretraining (`config.probe`).
+
+    Attributes:
+      every: steps between probe evaluations, and one at the last step (0: off).
+      dataset: "ptbxl" or "cpsc2018".
+      root: the dataset folder, as shipped.
+      task: PTB-XL's task (all, diagnostic, subdiagnostic, superdiagnostic, form, rhythm).
+      sampling_rate: PTB-XL's files, 100 or 500 Hz.
+      max_records: records kept per split (a seeded draw; 0: all).
+      window_s: input window in seconds (the benchmark's 2.5 s; 0: one input per record).
+      l2_grid: the probe's λ values, chosen by validation macro AUROC.
+    """
+
+    every: int = 0
+    dataset: str = "ptbxl"
+    root: str = ""
+    task: str = "superdiagnostic"
+    sampling_rate: int = 100
+    max_records: int = 1000
+    window_s: float = 2.5
+    l2_grid: tuple[float, ...] = (1e-3, 1e-1, 10.0)
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.max_records < 0:
+            raise ValueError("probe: every and max_records must be >= 0")
+        if self.every and not self.root:
+            raise ValueError("probe: every > 0 needs root, a PTB-XL or CPSC 2018 folder")
+        if self.dataset not in ("ptbxl", "cpsc2018"):
+            raise ValueError(f"probe: dataset must be ptbxl or cpsc2018, not {self.dataset!r}")
+        if not self.l2_grid:
+            raise ValueError("probe: l2_grid is empty")
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """A config read once into typed settings; see `base_config` for what each section holds."""
 
@@ -71,6 +106,7 @@ class Experiment:
     objective: Objective
     optim: OptimConfig
     train: TrainConfig
+    probe: ProbeEvalConfig
     mesh: MeshConfig
     distributed: DistributedConfig
     resume: str
@@ -106,6 +142,7 @@ class Experiment:
             objective=make_objective(name, objective, context),
             optim=optim,
             train=settings_from(TrainConfig, values.get("train"), "train"),
+            probe=settings_from(ProbeEvalConfig, values.get("probe"), "probe"),
             mesh=settings_from(MeshConfig, values.get("mesh"), "mesh"),
             distributed=settings_from(DistributedConfig, values.get("distributed"), "distributed"),
             resume=values.get("resume") or "",
@@ -119,10 +156,12 @@ def base_config() -> ConfigDict:
     Sections: `data` (`ecgfm.data.inputs.DataConfig`; `data.preprocessing` every
     `Preprocessing` field), `model` (`name` + every hyperparameter of the family,
     `ecgfm.models`), `objective` (`name` + every setting, `ecgfm.objectives`), `optim`
-    (`ecgfm.optim.OptimConfig`), `train` (`TrainConfig`), `mesh` (`ecgfm.sharding.MeshConfig`),
-    `distributed` (`ecgfm.distributed.DistributedConfig`), `resume` (another run's
-    checkpoints to continue when this workdir has none) and `init_from` (an `ecgfm export`
-    directory whose encoder initialises a fresh run; the head is new).
+    (`ecgfm.optim.OptimConfig`), `train` (`TrainConfig`), `probe` (`ProbeEvalConfig`: a
+    linear probe on a small downstream set every N steps, off by default), `mesh`
+    (`ecgfm.sharding.MeshConfig`), `distributed` (`ecgfm.distributed.DistributedConfig`),
+    `resume` (another run's checkpoints to continue when this workdir has none) and
+    `init_from` (an `ecgfm export` directory whose encoder initialises a fresh run; the head
+    is new).
     """
     return ConfigDict(
         {
@@ -132,6 +171,7 @@ def base_config() -> ConfigDict:
             "objective": objective_section("supervised"),
             "optim": section(OptimConfig()),
             "train": section(TrainConfig()),
+            "probe": section(ProbeEvalConfig()),
             "mesh": section(MeshConfig()),
             "distributed": section(DistributedConfig()),
             "resume": "",

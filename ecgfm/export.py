@@ -29,6 +29,7 @@ from ml_collections import ConfigDict
 from ecgfm import checkpoint, models
 from ecgfm.config import ConfigError
 from ecgfm.data.preprocessing import Preprocessing
+from ecgfm.encoder import Encoder  # the loaded-encoder type (also `ecgfm.export.Encoder`)
 from ecgfm.experiment import Experiment
 
 SPEC_FILE = "ecgfm_encoder.json"
@@ -237,70 +238,6 @@ def model_card(spec: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-class Encoder:
-    """A loaded encoder: `encoder(signal, sampling_rate)` gives embeddings `[B, D]`."""
-
-    def __init__(self, module: nnx.Module, spec: dict, head: nnx.Module | None = None):
-        self.module = module
-        self.head = head
-        self.config = spec
-        pre = spec.get("preprocessing")
-        self.preprocessing = Preprocessing.from_dict(pre) if pre else None
-        self.label_names = tuple(spec.get("label_names", ()))
-        # What `ecgfm.models.build_encoder` needs to build the same, untrained, architecture.
-        self.architecture = {"model": spec["model"], "config": dict(spec["hparams"])}
-        self._run = nnx.jit(lambda m, x: m(x, train=False))
-
-    def _encode(self, signal: np.ndarray, sampling_rate: float) -> tuple[Any, bool]:
-        signal = np.asarray(signal, np.float32)
-        if self.preprocessing is not None:
-            self.preprocessing.check_compatible(signal, sampling_rate)
-        if signal.ndim not in (2, 3):
-            raise ValueError(f"expected [T, C] or [B, T, C] input, got shape {signal.shape}")
-        if not np.isfinite(signal).all():
-            # NaN in one sample would make the whole embedding NaN, silently.
-            bad = np.argwhere(~np.isfinite(signal))
-            raise ValueError(
-                f"input has {len(bad)} NaN/Inf values (first at index {tuple(bad[0].tolist())}); "
-                "the encoder needs finite millivolts: fill or drop the gaps first"
-            )
-        single = signal.ndim == 2
-        out = self._run(self.module, jnp.asarray(signal[None] if single else signal))
-        return out, single
-
-    def embed(self, signal: np.ndarray, sampling_rate: float) -> np.ndarray:
-        """`[B, D]` embeddings of `[B, T, C]` input (`[D]` for one `[T, C]` signal)."""
-        out, single = self._encode(signal, sampling_rate)
-        embedding = np.asarray(out.embedding_BD)
-        return embedding[0] if single else embedding
-
-    def features(self, signal: np.ndarray, sampling_rate: float) -> np.ndarray:
-        """`[B, N, D]` per-time-step features (`[N, D]` for one `[T, C]` signal)."""
-        out, single = self._encode(signal, sampling_rate)
-        features = np.asarray(out.features_BND)
-        return features[0] if single else features
-
-    def predict(self, signal: np.ndarray, sampling_rate: float) -> np.ndarray:
-        """The original classifier's outputs `[B, K]` (activation applied), for imported models.
-
-        Only encoders that carry their source's head (`spec["head"]`) have one; the outputs
-        are named by `label_names` where the source publishes them.
-        """
-        if self.head is None:
-            raise ValueError("this encoder has no classification head (spec['head'] absent)")
-        out, single = self._encode(signal, sampling_rate)
-        logits = np.asarray(self.head(out, train=False))
-        activation = self.config["head"].get("activation", "none")
-        if activation == "sigmoid":
-            logits = 1.0 / (1.0 + np.exp(-logits))
-        elif activation == "softmax":
-            logits = np.exp(logits - logits.max(axis=-1, keepdims=True))
-            logits = logits / logits.sum(axis=-1, keepdims=True)
-        return logits[0] if single else logits
-
-    __call__ = embed
 
 
 def _read_json(file: pathlib.Path, folder: pathlib.Path) -> Any:
@@ -537,7 +474,7 @@ def load_encoder(path: str | pathlib.Path) -> Encoder:
     head_module = None
     if head is not None:
         head_module = nnx.merge(head_graphdef, head["params"])
-    return Encoder(module, spec, head_module)
+    return Encoder(module, spec, head_module, source=str(path.resolve()))
 
 
 def read_encoder_arrays(path: str | pathlib.Path) -> tuple[dict, Any, Any, Any]:

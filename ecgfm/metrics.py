@@ -193,6 +193,83 @@ def gbeta_thresholds(
     return thresholds
 
 
+def f1_thresholds(labels_NK: np.ndarray, scores_NK: np.ndarray) -> np.ndarray:
+    """`[K]` per-class thresholds at the operating point maximising F1 (Ribeiro et al. 2020).
+
+    As `get_optimal_precision_recall` in antonior92/automatic-ecg-diagnosis: over every distinct
+    score s, predicting "score ≥ s", the highest F1 wins (among equal F1s the lowest s, as its
+    `np.argmax` over sklearn's increasing thresholds picks). The threshold returned lies between
+    s and the next lower score, so `apply_thresholds`' "score > threshold" predicts the same.
+    A class without positives gets +inf (never predicted), not "everything", which an argmax
+    over all-zero F1s would give.
+    """
+    labels_NK, scores_NK = _check(labels_NK, scores_NK)
+    thresholds = np.empty(labels_NK.shape[1])
+    for k in range(labels_NK.shape[1]):
+        y, s = labels_NK[:, k], scores_NK[:, k]
+        if not y.any():
+            thresholds[k] = np.inf
+            continue
+        order = np.argsort(-s, kind="mergesort")
+        s_desc, y_desc = s[order], y[order]
+        last_of_group = np.r_[s_desc[1:] != s_desc[:-1], True]
+        tp = np.cumsum(y_desc)[last_of_group]
+        predicted = np.flatnonzero(last_of_group) + 1
+        f1 = 2 * tp / (predicted + y.sum())
+        best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # the lowest score among the best
+        at = s_desc[last_of_group]
+        thresholds[k] = (at[best] + at[best + 1]) / 2 if best + 1 < len(at) else at[best] - 1e-12
+    return thresholds
+
+
+def binary_scores(
+    labels_NK: np.ndarray,
+    predicted_NK: np.ndarray,
+    *,
+    class_names: Sequence[str] | None = None,
+    weights_BN: np.ndarray | None = None,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Per-class precision, recall, specificity and F1 of binary predictions (Ribeiro et al.'s
+    Table 2), with bootstrap intervals over the resamples `weights_BN` when given.
+
+    A ratio with a zero denominator counts 0, as sklearn's `precision_score` does by default.
+    """
+    labels = np.asarray(labels_NK, bool)
+    predicted = np.asarray(predicted_NK, bool)
+    if labels.shape != predicted.shape:
+        raise ValueError(f"labels {labels.shape} and predictions {predicted.shape} differ")
+    k = labels.shape[1]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+
+    def scores(w_BN: np.ndarray) -> dict[str, np.ndarray]:
+        tp = w_BN @ (labels & predicted)
+        fp = w_BN @ (~labels & predicted)
+        fn = w_BN @ (labels & ~predicted)
+        tn = w_BN @ (~labels & ~predicted)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = {
+                "precision": tp / (tp + fp),
+                "recall": tp / (tp + fn),
+                "specificity": tn / (tn + fp),
+                "f1": 2 * tp / (2 * tp + fp + fn),
+            }
+        return {name: np.nan_to_num(v) for name, v in out.items()}
+
+    point = scores(np.ones((1, labels.shape[0])))
+    result: dict[str, Any] = {
+        "class_names": names,
+        "positives_per_class": labels.sum(axis=0).astype(int).tolist(),
+        **{name: v[0].tolist() for name, v in point.items()},
+    }
+    if weights_BN is not None:
+        resampled = scores(np.asarray(weights_BN, np.float64))
+        for name, v_BK in resampled.items():
+            result[f"{name}_ci"] = [_interval(v_BK[:, j], confidence) for j in range(k)]
+        result["bootstrap"] = {"num_samples": len(weights_BN), "confidence": confidence}
+    return result
+
+
 def _check_thresholds(thresholds_K: np.ndarray, num_classes: int) -> np.ndarray:
     thresholds_K = np.asarray(thresholds_K, dtype=np.float64)
     if thresholds_K.shape != (num_classes,):
@@ -346,21 +423,103 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-_CLASSWISE = {"auroc": _RankedClass.auroc, "auprc": _RankedClass.average_precision}
+_CLASSWISE = ("auroc", "auprc")
+# Resamples scored at once: [chunk, N] float64 arrays, a few MB each for N of a few thousand.
+_BOOTSTRAP_CHUNK = 256
+
+
+def _rare_class_bootstrap(
+    y: np.ndarray, s: np.ndarray, weights_BN: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`([B], [B])` AUROC and average precision of one class by one matrix product over its
+    positives: `[B, N] @ [N, 3P]` (negatives below, negatives tied, positives at or above
+    each positive), cheap when the positives are few (most classes of PTB-XL's 71)."""
+    s_pos = s[y]
+    below = (~y[:, None]) & (s[:, None] < s_pos[None, :])
+    tied = (~y[:, None]) & (s[:, None] == s_pos[None, :])
+    pos_above = y[:, None] & (s[:, None] >= s_pos[None, :])
+    counts = weights_BN @ np.concatenate([below, tied, pos_above, y[:, None]], axis=1)
+    p = s_pos.size
+    neg_below, neg_tied, true_pos = counts[:, :p], counts[:, p : 2 * p], counts[:, 2 * p : 3 * p]
+    pos_total = counts[:, -1]
+    neg_total = weights_BN.sum(axis=1) - pos_total
+    w_pos = weights_BN[:, y]
+    false_pos = neg_total[:, None] - neg_below  # negatives scored at or above each positive
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = (w_pos * (neg_below + 0.5 * neg_tied)).sum(axis=1) / (pos_total * neg_total)
+        precision = np.nan_to_num(true_pos / (true_pos + false_pos))
+        auprc = (w_pos * precision).sum(axis=1) / pos_total
+    return auroc, auprc
+
+
+# A class with at most this many positives is scored by `_rare_class_bootstrap` (matrix
+# products, B·N·P work); others by running sums over the sorted examples (a few passes over
+# [B, N]). Measured crossover on a 2-core CPU: a few hundred positives.
+_RARE_POSITIVES = 256
+
+
+def bootstrap_auroc_auprc(
+    labels_NK: np.ndarray, scores_NK: np.ndarray, weights_BN: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`([B, K], [B, K])` class-wise AUROC and average precision under each resample.
+
+    Equal to `_RankedClass.auroc`/`.average_precision` (sklearn's, ties included) under each
+    resample's weights. A class with few positives is computed by matrix products over them
+    (`_rare_class_bootstrap`); the others in one pass per chunk of resamples: the weights in
+    descending score order, their running sums (all examples, positives), both metrics from
+    those; with tied scores the sums are taken per group of ties (AUROC credits a tie ½,
+    average precision takes the precision at the group's end, as sklearn).
+    """
+    labels_NK = np.asarray(labels_NK, bool)
+    scores_NK = np.asarray(scores_NK, np.float64)
+    weights_BN = np.asarray(weights_BN, np.float64)
+    b, k = len(weights_BN), labels_NK.shape[1]
+    auroc_BK, auprc_BK = np.empty((b, k)), np.empty((b, k))
+    for c in range(k):
+        y = labels_NK[:, c]
+        if y.sum() <= _RARE_POSITIVES:
+            auroc_BK[:, c], auprc_BK[:, c] = _rare_class_bootstrap(y, scores_NK[:, c], weights_BN)
+            continue
+        order = np.argsort(-scores_NK[:, c], kind="mergesort")
+        s, y = scores_NK[order, c], y[order]
+        ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True])  # last index of each tie group
+        tied = len(ends) < len(s)
+        for lo in range(0, b, _BOOTSTRAP_CHUNK):
+            # Draw counts and their running sums are whole numbers: exact in float32 (N < 2²⁴).
+            w = weights_BN[lo : lo + _BOOTSTRAP_CHUNK][:, order].astype(np.float32)
+            all_cum = np.cumsum(w, axis=1)
+            tp_cum = np.cumsum(w * y, axis=1)
+            pos_total, all_total = tp_cum[:, -1], all_cum[:, -1]
+            neg_total = all_total - pos_total
+            if tied:
+                tp_g, all_g = tp_cum[:, ends], all_cum[:, ends]
+                pos_g = np.diff(tp_g, axis=1, prepend=0.0)
+                neg_g = np.diff(all_g - tp_g, axis=1, prepend=0.0)
+                fp_g = all_g - tp_g
+                roc_num = (pos_g * (neg_total[:, None] - fp_g + 0.5 * neg_g)).sum(1, np.float64)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    precision = np.nan_to_num(tp_g / all_g)
+                ap_num = (pos_g * precision).sum(axis=1, dtype=np.float64)
+            else:
+                w_p, tp_p, all_p = w[:, y], tp_cum[:, y], all_cum[:, y]
+                roc_num = (w_p * (neg_total[:, None] - (all_p - tp_p))).sum(1, np.float64)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ap_num = (w_p * np.nan_to_num(tp_p / all_p)).sum(axis=1, dtype=np.float64)
+            pos_total, neg_total = pos_total.astype(np.float64), neg_total.astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                auroc_BK[lo : lo + _BOOTSTRAP_CHUNK, c] = roc_num / (pos_total * neg_total)
+                auprc_BK[lo : lo + _BOOTSTRAP_CHUNK, c] = ap_num / pos_total
+    return auroc_BK, auprc_BK
 
 
 def _classwise_bootstrap(
     metric: str, labels_NK: np.ndarray, scores_NK: np.ndarray, weights_BN: np.ndarray
 ) -> np.ndarray:
-    """`[B, K]` class-wise metric under each resample."""
-    fn = _CLASSWISE[metric]
-    return np.stack(
-        [
-            fn(_RankedClass.build(labels_NK[:, k], scores_NK[:, k]), weights_BN)
-            for k in range(labels_NK.shape[1])
-        ],
-        axis=1,
-    )
+    """`[B, K]` class-wise metric ("auroc" or "auprc") under each resample."""
+    if metric not in _CLASSWISE:
+        raise ValueError(f"metric must be one of {_CLASSWISE}")
+    auroc_BK, auprc_BK = bootstrap_auroc_auprc(labels_NK, scores_NK, weights_BN)
+    return auroc_BK if metric == "auroc" else auprc_BK
 
 
 def evaluate(
@@ -373,13 +532,16 @@ def evaluate(
     num_bootstrap: int = DEFAULT_BOOTSTRAP,
     confidence: float = 0.95,
     seed: int = 0,
+    weights_BN: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All benchmark metrics of one prediction set, with bootstrap confidence intervals.
 
     `thresholds_K` (shape `[K]`, on the scale of `scores_NK`) for Fβ/Gβ should come from
     training or validation predictions (as in the benchmark); `thresholds_from` says where they
     came from. Without them Youden's thresholds are fitted on these labels, which is optimistic
-    and recorded as `thresholds_from = "youden on these labels"`.
+    and recorded as `thresholds_from = "youden on these labels"`. `weights_BN` are resamples
+    drawn beforehand (`bootstrap_weights`), so several prediction sets share them; otherwise
+    `num_bootstrap` are drawn from `seed`.
     """
     labels_NK, scores_NK = _check(labels_NK, scores_NK)
     k = labels_NK.shape[1]
@@ -405,12 +567,12 @@ def evaluate(
         "thresholds": np.asarray(thresholds_K, dtype=float).tolist(),
         "thresholds_from": thresholds_from,
     }
-    if num_bootstrap:
-        weights_BN = bootstrap_weights(labels_NK, num_bootstrap, seed, class_names=names)
-        auroc_BK = _classwise_bootstrap("auroc", labels_NK, scores_NK, weights_BN)
-        auprc_BK = _classwise_bootstrap("auprc", labels_NK, scores_NK, weights_BN)
+    if num_bootstrap or weights_BN is not None:
+        if weights_BN is None:
+            weights_BN = bootstrap_weights(labels_NK, num_bootstrap, seed, class_names=names)
+        auroc_BK, auprc_BK = bootstrap_auroc_auprc(labels_NK, scores_NK, weights_BN)
         result |= {
-            "bootstrap": {"num_samples": num_bootstrap, "confidence": confidence, "seed": seed},
+            "bootstrap": {"num_samples": len(weights_BN), "confidence": confidence, "seed": seed},
             "macro_auroc_ci": _interval(auroc_BK.mean(axis=1), confidence),
             "macro_auprc_ci": _interval(auprc_BK.mean(axis=1), confidence),
             "per_class_auroc_ci": [_interval(auroc_BK[:, j], confidence) for j in range(k)],
@@ -427,11 +589,13 @@ def paired_bootstrap_difference(
     num_bootstrap: int = DEFAULT_BOOTSTRAP,
     confidence: float = 0.95,
     seed: int = 0,
+    weights_BN: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Macro metric of A minus B on the same resamples of one test set.
 
     Returns the observed difference, its confidence interval and the fraction of resamples in
-    which A does not beat B (a one-sided bootstrap p-value for "A is better").
+    which A does not beat B (a one-sided bootstrap p-value for "A is better"). `weights_BN`:
+    resamples drawn beforehand (else `num_bootstrap` from `seed`).
     """
     labels_NK, scores_a_NK = _check(labels_NK, scores_a_NK)
     _, scores_b_NK = _check(labels_NK, scores_b_NK)
@@ -442,7 +606,11 @@ def paired_bootstrap_difference(
         _classwise_bootstrap(metric, labels_NK, scores_a_NK, ones).mean()
         - _classwise_bootstrap(metric, labels_NK, scores_b_NK, ones).mean()
     )
-    weights_BN = bootstrap_weights(labels_NK, num_bootstrap, seed)
+    if weights_BN is None and not num_bootstrap:
+        return {"metric": f"macro_{metric}", "difference": float(observed), "ci": None,
+                "p_value_a_not_better": None, "num_bootstrap": 0}  # fmt: skip
+    if weights_BN is None:
+        weights_BN = bootstrap_weights(labels_NK, num_bootstrap, seed)
     diff_B = _classwise_bootstrap(metric, labels_NK, scores_a_NK, weights_BN).mean(
         axis=1
     ) - _classwise_bootstrap(metric, labels_NK, scores_b_NK, weights_BN).mean(axis=1)
@@ -451,5 +619,5 @@ def paired_bootstrap_difference(
         "difference": float(observed),
         "ci": _interval(diff_B, confidence),
         "p_value_a_not_better": float((diff_B <= 0).mean()),
-        "num_bootstrap": num_bootstrap,
+        "num_bootstrap": len(weights_BN),
     }

@@ -33,6 +33,8 @@ DECAYED_NAMES = frozenset({"kernel", "C"})
 NOT_DECAYED_NAMES = frozenset(
     {"bias", "scale", "embedding", "lead_embed", "position_embed", "sep_embed", "mask_token",
      "cls_token",
+     # The attention-pooling head's learned query (ecgfm.models.heads.AttentionPoolHead).
+     "query_token",
      # ST-MEM's ViT (ecgfm.models.st_mem) keeps its original's parameter names.
      "pos_embedding", "sep_embedding", "lead_embeddings",
      # S4D (ecgfm.models.s4): the state-space parameters and the skip D, as the S4 papers.

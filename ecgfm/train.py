@@ -5,7 +5,9 @@ optimizer compiled for the mesh (`ecgfm.train_state`) → restore or initialise 
 jitted step per global batch; metrics fetched one step late so the device never waits; at log,
 evaluation and checkpoint steps the metrics are checked and written *before* the state is
 saved, so no non-finite state is ever checkpointed and metrics.jsonl never lacks a line for a
-committed step; SIGTERM checkpoints and stops (`ecgfm.preemption`).
+committed step; SIGTERM checkpoints and stops (`ecgfm.preemption`). With `probe.every`, a
+linear probe of the encoder on a small downstream set is scored every so many steps
+(`ecgfm.transfer.online_probe`, imported only then: transfer sits above training).
 """
 
 from __future__ import annotations
@@ -121,6 +123,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
         }
         _write_atomically(workdir / "data_spec.json", json.dumps(data_spec, indent=2) + "\n")
 
+    probe = None
+    if exp.probe.every:  # the downstream set is read once, before the first step
+        from ecgfm.transfer.online_probe import ProbeEvaluator
+
+        probe = ProbeEvaluator(exp.probe, exp.model, inputs.preprocessing)
+
     metrics_log = MetricsLog(workdir, start_step)
     throughput = Throughput(loop.global_batch_size)
     progress = tqdm.tqdm(
@@ -170,6 +178,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
                     metrics_log.write(step, val_metrics)
                     final = final | val_metrics
                     throughput.restart(step)  # evaluation time is not training throughput
+                if probe is not None and (step % exp.probe.every == 0 or last):
+                    probe_metrics = probe(
+                        state["params"]["encoder"], state["model_state"].get("encoder", {})
+                    )
+                    metrics_log.write(step, probe_metrics)
+                    final = final | probe_metrics
+                    throughput.restart(step)
                 if saving:
                     checkpointer.save(step, state, inputs.train)
                 if stopping:

@@ -182,7 +182,26 @@ def test_pretrain_export_probe_and_finetune_from_the_command_line(capsys, tmp_pa
     finetune_table = capsys.readouterr().out
     assert "finetune" in finetune_table and "scratch" in finetune_table
     results = json.loads((tmp_path / "ft" / "results.json").read_text())
-    assert results["protocol"]["windowing"]["window_s"] == pytest.approx(1024 / 400)
+    # The benchmark's 2.5 s windows, though the encoder was pretrained on 2.56 s crops.
+    assert results["protocol"]["windowing"]["window_s"] == 2.5
+
+
+def test_benchmark_refuses_unknown_tasks_and_missing_data_before_any_work(capsys, tmp_path):
+    out = tmp_path / "out"
+    common = ["benchmark", "--encoder", str(tmp_path / "enc"), "--out", str(out)]
+    assert main([*common, "--ptbxl", str(tmp_path), "--tasks", "superdiag"]) == 2
+    assert "unknown tasks ['superdiag']" in capsys.readouterr().err
+    assert main([*common, "--modes", "probe"]) == 2
+    assert "modes must be a non-empty subset" in capsys.readouterr().err
+    assert main([*common, "--tasks", "code_test", "--code-test", str(tmp_path)]) == 2
+    assert "--code-train" in capsys.readouterr().err and not out.exists()
+
+
+def test_predict_refuses_a_missing_head_folder(capsys, tmp_path):
+    argv = ["predict", "--encoder", str(tmp_path / "enc"), "--head", str(tmp_path / "head"),
+            "--data", str(tmp_path), "--out", str(tmp_path / "p.csv")]  # fmt: skip
+    assert main(argv) == 2
+    assert "ecgfm predict:" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
 
 
 # --- Misuse: one line on stderr naming the problem, exit code 2, no traceback -----------------

@@ -233,3 +233,59 @@ def test_evaluate_says_where_its_thresholds_came_from():
         labels, scores, thresholds_K=np.zeros(5), thresholds_from="validation", num_bootstrap=0
     )
     assert given["thresholds_from"] == "validation" and given["thresholds"] == [0.0] * 5
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_vectorised_bootstrap_equals_the_reference_for_rare_and_common_classes(ties):
+    # Class 0 has 3 positives (matrix-product path), the others hundreds (sorted-sums path).
+    labels, scores = _random_case(7, n=1200, k=4, ties=ties)
+    labels[:, 0] = 0
+    labels[[5, 9, 11], 0] = 1
+    weights = metrics.bootstrap_weights(labels, 40, seed=2)
+    auroc_BK, auprc_BK = metrics.bootstrap_auroc_auprc(labels, scores, weights)
+    for k in range(labels.shape[1]):
+        ranked = metrics._RankedClass.build(labels[:, k].astype(bool), scores[:, k])
+        np.testing.assert_allclose(auroc_BK[:, k], ranked.auroc(weights), atol=1e-9)
+        np.testing.assert_allclose(auprc_BK[:, k], ranked.average_precision(weights), atol=1e-6)
+
+
+def _paper_f1_thresholds(y_true, y_score):
+    """antonior92/automatic-ecg-diagnosis `get_optimal_precision_recall`, on sklearn's curve."""
+    from sklearn.metrics import precision_recall_curve
+
+    out = []
+    for k in range(y_true.shape[1]):
+        precision, recall, threshold = precision_recall_curve(y_true[:, k], y_score[:, k])
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+        out.append(threshold[np.argmax(f1)])  # predict score >= this
+    return np.array(out)
+
+
+def test_f1_thresholds_predict_what_the_papers_rule_predicts():
+    labels, scores = _random_case(8, n=400, k=5)
+    probabilities = 1 / (1 + np.exp(-scores))
+    ours = metrics.f1_thresholds(labels, probabilities)
+    paper = _paper_f1_thresholds(labels, probabilities)
+    np.testing.assert_array_equal(probabilities > ours, probabilities >= paper)
+    # A class without positives is never predicted.
+    assert metrics.f1_thresholds(np.zeros((10, 1)), np.linspace(0, 1, 10)[:, None])[0] == np.inf
+
+
+def test_binary_scores_are_ribeiros_precision_recall_specificity_f1_with_cis():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    labels, scores = _random_case(9, n=500, k=3)
+    predicted = scores > 0.5
+    result = metrics.binary_scores(
+        labels, predicted, weights_BN=metrics.bootstrap_weights(labels, 200, seed=0)
+    )
+    np.testing.assert_allclose(
+        result["precision"], precision_score(labels, predicted, average=None)
+    )
+    np.testing.assert_allclose(result["recall"], recall_score(labels, predicted, average=None))
+    np.testing.assert_allclose(result["f1"], f1_score(labels, predicted, average=None))
+    negatives = labels == 0
+    specificity = (negatives & ~predicted).sum(0) / negatives.sum(0)
+    np.testing.assert_allclose(result["specificity"], specificity)
+    for k, (low, high) in enumerate(result["f1_ci"]):
+        assert low <= result["f1"][k] <= high

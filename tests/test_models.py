@@ -14,6 +14,7 @@ from ecgfm.models import (
     MODELS,
     Classifier,
     EncoderOutput,
+    ModelSpec,
     RibeiroResNetConfig,
     ViT1dConfig,
     build_encoder,
@@ -166,13 +167,59 @@ def test_vit1d_tokens_are_lead_major_patches(tiny_vit):
     assert np.flatnonzero(differs).tolist() == [32]
 
 
-def test_vit1d_rejects_lengths_that_do_not_fit(tiny_vit):
-    with pytest.raises(ValueError, match="multiple of patch_size"):
-        run(tiny_vit, signal(1, 260))
-    with pytest.raises(ValueError, match="max_patches"):
-        run(tiny_vit, signal(1, 275))
+def test_vit1d_embeds_any_length(tiny_vit):
+    # A trailing partial patch is left out: 260 samples are the 10 patches of 250.
+    x = signal(1, 260)
+    encoder = tiny_vit.encoder
+    embed = nnx.jit(lambda e, x: e(x, train=False))
+    np.testing.assert_allclose(
+        embed(encoder, x).embedding_BD, embed(encoder, x[:, :250]).embedding_BD, rtol=1e-6
+    )
+    # Fewer patches take the first rows of the position table; more than max_patches (10)
+    # take it interpolated, and the table's first and last rows stay where they were.
+    assert embed(encoder, signal(1, 75)).features_BND.shape == (1, 12 * 3, 32)
+    assert embed(encoder, signal(1, 500)).features_BND.shape == (1, 12 * 20, 32)
+    positions = np.asarray(encoder.patch_positions(19))
+    table = np.asarray(encoder._positions())
+    np.testing.assert_allclose(positions[[0, -1]], table[[0, -1]], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="shorter than one patch"):
+        run(tiny_vit, signal(1, 20))
     with pytest.raises(ValueError, match="position"):
         ViT1dConfig(position="rotary")
+
+
+@pytest.mark.parametrize(
+    ("name", "head"),
+    # Two fast cases cover both heads' shapes on conv and transformer features; the others
+    # compile a larger graph per length and run with the slow tests.
+    [pytest.param("ribeiro_resnet", "linear", marks=pytest.mark.slow),
+     ("ribeiro_resnet", "attention"), ("vit1d", "attention"),
+     pytest.param("xresnet1d", "attention", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_transfer_heads_take_any_input_length(name, head):
+    # Ribeiro's flatten head is built for 1024 samples; the transfer heads take 2.5 s windows.
+    tiny_xresnet = {"depth": 18, "stem_widths": (8, 8, 8), "widths": (8, 8, 8, 8)}
+    config = {"ribeiro_resnet": TINY_RIBEIRO, "xresnet1d": tiny_xresnet, "vit1d": TINY_VIT}[name]
+    spec = ModelSpec.create(name, config)
+    model = nnx.jit(lambda: spec.build_classifier(3, nnx.Rngs(0), head=head))()
+    for length in (250, 1000):
+        assert run(model, signal(2, length)).shape == (2, 3)
+
+
+def test_a_frozen_encoder_gets_no_gradient_and_keeps_its_statistics(tiny_ribeiro):
+    model = ModelSpec.create("ribeiro_resnet", TINY_RIBEIRO).build_classifier(
+        2, nnx.Rngs(0), head="attention", frozen=True
+    )
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):
+        out = nnx.merge(graphdef, p, rest)(signal(4, 400), train=True)
+        return jnp.sum(out**2)
+
+    grads = jax.jit(jax.grad(loss))(params)  # one compilation: cheaper than eager backward
+    encoder_grads = jax.tree.leaves(grads["encoder"])
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in encoder_grads)
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["head"]))
 
 
 def test_eval_is_deterministic_and_uses_running_statistics(tiny_ribeiro):

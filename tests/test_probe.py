@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,9 +12,17 @@ from flax import nnx
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import EcgRecord
 from ecgfm.data.synthetic.ptbxl import write_ptbxl_dataset
+from ecgfm.encoder import Encoder, hash_module
 from ecgfm.metrics import macro_auroc
+from ecgfm.models import EncoderOutput
 from ecgfm.transfer import embed, protocol
-from ecgfm.transfer.probe import ProbeMethod, WindowSet, fit_linear_probe, run_probe
+from ecgfm.transfer.probe import (
+    ProbeMethod,
+    WindowSet,
+    fit_linear_probe,
+    fit_probe_path,
+    run_probe,
+)
 
 
 def _linear_task(n, rng, d=32, k=3):
@@ -70,14 +79,22 @@ def test_l2_is_chosen_on_the_validation_fold():
     assert chosen_l2(x_val_x2, y_val_x2) == 10.0
 
 
-def _fake_encoder(preprocessing, checkpoint_hash="abc"):
-    """A FrozenEncoder whose embedding is each lead's mean and std over the window."""
-    return embed.FrozenEncoder(
-        embed=lambda x: np.concatenate([x.mean(axis=1), x.std(axis=1)], axis=1),
-        preprocessing=preprocessing,
-        checkpoint_hash=checkpoint_hash,
-        checkpoint_path="fake",
-    )
+class _MeanStd(nnx.Module):
+    """An "encoder" whose embedding is each lead's mean and std over the window (+ offset)."""
+
+    def __init__(self, offset):
+        self.offset = nnx.Param(np.float32(offset))
+        self.embedding_dim = 24
+
+    def __call__(self, x, *, train, rngs=None):
+        embedding = jnp.concatenate([x.mean(axis=1), x.std(axis=1)], axis=1) + self.offset[...]
+        return EncoderOutput(x, embedding)
+
+
+def _fake_encoder(preprocessing, offset=0.0):
+    """An `Encoder` around `_MeanStd`; another offset is other weights (another hash)."""
+    spec = {"model": "fake", "hparams": {}, "preprocessing": preprocessing.to_dict()}
+    return Encoder(_MeanStd(offset), spec, source="fake")
 
 
 class _Reader:
@@ -104,26 +121,48 @@ def test_embedding_cache_hits_and_misses_by_checkpoint_and_preprocessing(tmp_pat
     assert reader.reads == ids  # cached records are not read again
     np.testing.assert_array_equal(again.embeddings_WD[: 4 * 7], first.embeddings_WD)
     other_spec = Preprocessing(sampling_rate=100, normalization="per_lead_standardize")
-    for encoder in (_fake_encoder(other_spec), _fake_encoder(spec, checkpoint_hash="xyz")):
+    for encoder in (_fake_encoder(other_spec), _fake_encoder(spec, offset=1.0)):
         miss = embed.embed_records({"e": encoder}, reader, ids, **kwargs)["e"]
         assert (miss.num_cached, miss.num_computed) == (0, 6)
         assert miss.cache_file != again.cache_file
     key_file = json.loads(
         (tmp_path / again.cache_file.rsplit("/", 1)[1].replace(".npz", ".json")).read_text()
     )
-    assert key_file["checkpoint_hash"] == "abc" and key_file["window_samples"] == 250
+    assert key_file["checkpoint_hash"] == _fake_encoder(spec).checkpoint_hash
+    assert key_file["window_samples"] == 250
 
 
 def test_module_hash_identifies_the_weights():
-    a = embed.hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
-    assert a == embed.hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
-    assert a != embed.hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(1)))
+    a = hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    assert a == hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    assert a != hash_module(nnx.Linear(3, 2, rngs=nnx.Rngs(1)))
 
 
-def test_encoder_length_must_match_the_window():
-    spec = Preprocessing(sampling_rate=100, num_samples=400)
-    with pytest.raises(ValueError, match="400 samples but windows are 250"):
-        embed.record_windows(np.zeros((1000, 12)), 100.0, spec, (250, 125))
+def test_an_encoder_pretrained_on_another_length_embeds_the_benchmarks_windows():
+    # The spec's 400 samples are the pretraining length; windows of 2.5 s are cut from the
+    # whole preprocessed record instead of refusing them (every encoder embeds any length).
+    spec = Preprocessing(sampling_rate=100, num_samples=400, normalization="per_lead_standardize")
+    signal = np.random.default_rng(0).normal(size=(1000, 12))
+    windows = protocol.record_windows(signal, 100.0, spec, (250, 125))
+    assert windows.shape == (7, 250, 12)
+    whole = spec.__class__(**{**spec.to_dict(), "num_samples": None})(signal, 100.0)
+    np.testing.assert_array_equal(windows[2], whole[250:500])
+
+
+def test_the_path_solver_matches_each_lambda_fitted_alone_and_converges():
+    rng = np.random.default_rng(4)
+    x, y = _linear_task(600, rng)
+    path = fit_probe_path(x, y, (1e-3, 1e-1, 1.0), tol=1e-5, max_iter=2000)
+    for probe in path:
+        alone = fit_linear_probe(x, y, probe.l2, tol=1e-5, max_iter=2000)
+        np.testing.assert_allclose(probe.weight_DK, alone.weight_DK, atol=2e-3)
+        assert probe.iterations < 2000
+    # The optimum: the gradient of the penalised mean loss vanishes (bias unpenalised).
+    probe = path[0]
+    z = ((x - probe.mean_D) / probe.scale_D) @ probe.weight_DK + probe.bias_K
+    residual = 1 / (1 + np.exp(-z)) - y
+    grad_w = ((x - probe.mean_D) / probe.scale_D).T @ residual / len(x) + 1e-3 * probe.weight_DK
+    assert np.abs(grad_w).max() < 1e-4 and np.abs(residual.mean(axis=0)).max() < 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +195,7 @@ def test_records_without_a_task_label_are_dropped_and_counted(synthetic_ptbxl, t
 def test_probe_end_to_end_on_synthetic_ptbxl(synthetic_ptbxl, tmp_path):
     spec = Preprocessing(sampling_rate=100, num_samples=250, normalization="per_lead_standardize")
     config = {"widths": (8, 16), "kernel_size": 7, "input_length": 250, "dropout": 0.0}
-    encoder = embed.random_encoder("ribeiro_resnet", config, spec, seed=1)
+    encoder = Encoder.random_init("ribeiro_resnet", config, spec, seed=1)
     results = run_probe(
         encoder,
         protocol.ptbxl_task("superdiagnostic", 100),
@@ -218,7 +257,7 @@ def test_finding_the_records_to_embed_builds_no_set_per_record(tmp_path, monkeyp
     spec = Preprocessing(sampling_rate=100)
     ids = [str(i) for i in range(300)]
     out = embed.embed_records(
-        {"a": _fake_encoder(spec), "b": _fake_encoder(spec, "xyz")}, _Reader(), ids,
+        {"a": _fake_encoder(spec), "b": _fake_encoder(spec, 1.0)}, _Reader(), ids,
         dataset_id="toy", windowing=protocol.WHOLE_RECORD, train=False, chunk_records=100,
     )  # fmt: skip
     assert out["a"].num_computed == out["b"].num_computed == 300

@@ -7,7 +7,7 @@ from ecgfm.data.challenge import ChallengeDataset
 from ecgfm.data.ptbxl import PtbXl
 from ecgfm.data.synthetic import write_dataset
 from ecgfm.data.synthetic.cpsc2018 import write_challenge_records, write_cpsc2018_dataset
-from ecgfm.metrics import gbeta_thresholds, per_class_auroc, youden_thresholds
+from ecgfm.metrics import f1_thresholds, gbeta_thresholds, per_class_auroc, youden_thresholds
 from ecgfm.transfer.protocol import (
     BENCHMARK_WINDOWING,
     MethodOutput,
@@ -42,10 +42,11 @@ def test_windows_of_a_10_s_record_are_the_crops_that_fit():
     np.testing.assert_array_equal(windows[-1], signal_TC[750:1000])
 
 
-def test_a_record_shorter_than_the_window_is_zero_padded():
+def test_a_record_shorter_than_the_window_is_centred_in_zeros():
     windows = cut_windows(np.ones((100, 3)), 250, 125)
     assert windows.shape == (1, 250, 3)
-    assert windows[0, :100].sum() == 300 and windows[0, 100:].sum() == 0
+    # The one placement rule (`ecgfm.data.windows.placement`): 75 zeros on each side.
+    assert windows[0, 75:175].sum() == 300 and windows[0, :75].sum() == windows[0, 175:].sum() == 0
 
 
 def test_aggregation_takes_the_per_class_max_or_mean_per_record():
@@ -225,7 +226,7 @@ class _Fixed:
         return MethodOutput(self.validation, self.test, {})
 
 
-@pytest.mark.parametrize("rule", ["gbeta", "youden"])
+@pytest.mark.parametrize("rule", ["gbeta", "youden", "f1"])
 def test_thresholds_are_fitted_on_validation_probabilities_never_on_test(rule):
     task = _random_task(num_classes=4)
     rng = np.random.default_rng(1)
@@ -238,10 +239,10 @@ def test_thresholds_are_fitted_on_validation_probabilities_never_on_test(rule):
         for test in (test_logits, -test_logits)
     ]
     kept = [0, 1, 2]  # class "d" has no test positive
-    fit = {"gbeta": gbeta_thresholds, "youden": youden_thresholds}[rule]
+    fit = {"gbeta": gbeta_thresholds, "youden": youden_thresholds, "f1": f1_thresholds}[rule]
     expected = fit(task.labels["validation"][:, kept], 1 / (1 + np.exp(-val_logits[:, kept])))
     for run in runs:
         np.testing.assert_allclose(run["thresholds"], expected)
         assert run["thresholds_from"] == f"{rule} on validation probabilities"
     with pytest.raises(ValueError, match="threshold_rule"):
-        run_study(task, {"m": _Fixed(val_logits, test_logits)}, **kwargs | {"threshold_rule": "f1"})
+        run_study(task, {"m": _Fixed(val_logits, test_logits)}, **kwargs | {"threshold_rule": "f2"})

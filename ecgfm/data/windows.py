@@ -4,7 +4,9 @@ Records come in many lengths (CODE 7 s or 10 s, CPSC 6–60 s, PTB-XL 10 s); a b
 A record longer than the window is cropped (at a drawn position in training, in the middle in
 evaluation); a shorter one is centred in zeros, and `valid` says which samples are real. Every
 path that cuts one window per record (the training pipeline, evaluation batches, fine-tuning,
-`Preprocessing.num_samples`) places records through `placement`.
+`Preprocessing.num_samples`) places records through `placement`; the paths that cut several
+windows per record (transfer's 2.5 s windows every 1.25 s) take the crops that fit entirely
+(`window_starts`, `cut_windows`) and place a record shorter than one window by the same rule.
 """
 
 from __future__ import annotations
@@ -54,3 +56,23 @@ def fit(signal_TC: np.ndarray, window: int, position: float | None = None) -> np
         where.source_start : where.source_start + where.length
     ]
     return out_TC
+
+
+def window_starts(num_samples: int, window: int, stride: int) -> np.ndarray:
+    """Starts of the windows that fit entirely, every `stride` (the PTB-XL benchmark's crops);
+    one window (placed by `placement`) when the record is not longer than the window."""
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be positive, got {window}, {stride}")
+    if num_samples <= window:
+        return np.zeros(1, dtype=np.int64)
+    return np.arange(0, num_samples - window + 1, stride, dtype=np.int64)
+
+
+def cut_windows(signal_TC: np.ndarray, window: int, stride: int) -> np.ndarray:
+    """`[T, C]` → `[W, window, C]` float32: the windows at `window_starts`; a record shorter
+    than the window is one window, centred in zeros (`fit`)."""
+    signal_TC = np.asarray(signal_TC, dtype=np.float32)
+    if len(signal_TC) < window:
+        return fit(signal_TC, window)[None]
+    starts = window_starts(len(signal_TC), window, stride)
+    return np.stack([signal_TC[s : s + window] for s in starts])

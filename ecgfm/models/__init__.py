@@ -22,7 +22,14 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from ecgfm.config import ConfigError, section, settings_from
-from ecgfm.models.heads import Classifier, EncoderOutput, FlattenHead, LinearHead
+from ecgfm.models.heads import (
+    AttentionPoolHead,
+    Classifier,
+    EncoderOutput,
+    FlattenHead,
+    FrozenEncoderClassifier,
+    LinearHead,
+)
 from ecgfm.models.net1d import Net1d, Net1dConfig
 from ecgfm.models.resnet1d import RibeiroResNet, RibeiroResNetConfig
 from ecgfm.models.s4 import S4Config, S4Encoder
@@ -31,10 +38,13 @@ from ecgfm.models.vit1d import ViT1d, ViT1dConfig
 from ecgfm.models.xresnet1d import XResNet1d, XResNet1dConfig
 
 __all__ = [
+    "HEADS",
     "MODELS",
+    "AttentionPoolHead",
     "Classifier",
     "EncoderOutput",
     "FlattenHead",
+    "FrozenEncoderClassifier",
     "LinearHead",
     "ModelFamily",
     "ModelSpec",
@@ -117,6 +127,17 @@ MODELS: dict[str, ModelFamily] = {
 }
 
 
+# Heads transfer puts on any encoder (`ModelSpec.build_classifier(head=...)`), besides the
+# family's own (`None`; Ribeiro's flatten head fixes the input length it was built for):
+# "linear" on the pooled embedding (the benchmark's fine-tuning head), "attention" pooling
+# over the per-time-step features (its frozen-encoder head). Both take any input length.
+HEADS: tuple[str, ...] = ("linear", "attention")
+# Width of `features_BND` where it is not `embedding_dim` (xresnet1d concatenates two poolings).
+_FEATURE_DIM: dict[str, Callable[[nnx.Module], int]] = {
+    "xresnet1d": lambda encoder: encoder.embedding_dim // 2,
+}
+
+
 def _family(name: str) -> ModelFamily:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
@@ -151,10 +172,28 @@ class ModelSpec:
     def build_encoder(self, rngs: nnx.Rngs) -> nnx.Module:
         return _family(self.name).encoder(self.hparams, rngs=rngs)
 
-    def build_classifier(self, num_classes: int, rngs: nnx.Rngs) -> Classifier:
-        """Encoder + the family's head (Ribeiro: flatten → dense; others: pooled → dense)."""
+    def build_classifier(
+        self, num_classes: int, rngs: nnx.Rngs, head: str | None = None, *, frozen: bool = False
+    ) -> Classifier | FrozenEncoderClassifier:
+        """Encoder + a head: the family's (None; Ribeiro: flatten → dense, others: pooled →
+        dense) or one of `HEADS`. `frozen`: the encoder runs in evaluation mode and gets no
+        gradient (`FrozenEncoderClassifier`)."""
         encoder = self.build_encoder(rngs)
-        return Classifier(encoder, _family(self.name).head(self.hparams, num_classes, rngs))
+        dtypes = dict(
+            dtype=jnp.dtype(self.hparams.dtype), param_dtype=jnp.dtype(self.hparams.param_dtype)
+        )
+        if head is None:
+            classifier_head = _family(self.name).head(self.hparams, num_classes, rngs)
+        elif head == "linear":
+            classifier_head = LinearHead(encoder.embedding_dim, num_classes, rngs=rngs, **dtypes)
+        elif head == "attention":
+            width = _FEATURE_DIM.get(self.name, lambda e: e.embedding_dim)(encoder)
+            classifier_head = AttentionPoolHead(width, num_classes, rngs=rngs, **dtypes)
+        else:
+            raise ValueError(f"head must be None or one of {HEADS}, not {head!r}")
+        if frozen:
+            return FrozenEncoderClassifier(encoder, classifier_head)
+        return Classifier(encoder, classifier_head)
 
 
 def model_section(name: str, **hparams: Any) -> ConfigDict:

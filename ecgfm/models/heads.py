@@ -115,6 +115,74 @@ class FlattenHead(nnx.Module):
         return self.dense(flat).astype(jnp.float32)
 
 
+def _num_heads(width: int, wanted: int) -> int:
+    """The most heads up to `wanted` that divide `width`."""
+    return max(h for h in range(1, min(wanted, width) + 1) if width % h == 0)
+
+
+class AttentionPoolHead(nnx.Module):
+    """Logits from per-time-step features by attention with one learned query.
+
+    The frozen-encoder head of the ECG foundation-model benchmark (Al-Masud, Lopez Alcaraz &
+    Strodthoff, ICLR 2026; `LearnableQueryAttentionPool1d` in AI4HealthUOL/ecg-fm-benchmarking,
+    after V-JEPA): a learned query (init N(0, 1/D)) is projected, the features `[B, N, D]` give
+    keys and values, multi-head attention (16 heads; here the most ≤ 16 that divide D) pools
+    them into one vector, and a dense layer maps it to the classes. No biases, as there.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_classes: int,
+        *,
+        num_heads: int = 16,
+        bias: bool = False,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads = _num_heads(width, num_heads)
+        init = nnx.initializers.normal(width**-0.5)
+        self.query_token = nnx.Param(init(rngs.params(), (width,), param_dtype))
+
+        def dense(out: int) -> nnx.Linear:
+            return nnx.Linear(width, out, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs)  # fmt: skip
+
+        self.q_proj, self.k_proj, self.v_proj = dense(width), dense(width), dense(width)
+        self.out = dense(num_classes)
+
+    def __call__(
+        self, encoded: EncoderOutput, *, train: bool, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        """`[B, K]` float32 logits of the features `[B, N, D]`."""
+        del train, rngs  # no dropout in the benchmark's head
+        x_BND = encoded.features_BND
+        b, _, d = x_BND.shape
+        h = self.num_heads
+        query = self.q_proj(self.query_token[...].astype(x_BND.dtype)).reshape(1, 1, h, d // h)
+        keys = self.k_proj(x_BND).reshape(b, -1, h, d // h)
+        values = self.v_proj(x_BND).reshape(b, -1, h, d // h)
+        query = jnp.broadcast_to(query, (b, 1, h, d // h)).astype(keys.dtype)
+        pooled = jax.nn.dot_product_attention(query, keys, values).reshape(b, d)
+        return self.out(pooled).astype(jnp.float32)
+
+
+class FrozenEncoderClassifier(nnx.Module):
+    """A head trained on a frozen encoder: the encoder runs in evaluation mode (dropout off,
+    BatchNorm on its running statistics, which stay as they are) and no gradient reaches it."""
+
+    def __init__(self, encoder: nnx.Module, head: nnx.Module):
+        self.encoder = encoder
+        self.head = head
+
+    def __call__(
+        self, signal_BTC: jax.Array, *, train: bool, rngs: nnx.Rngs | None = None
+    ) -> jax.Array:
+        encoded = jax.lax.stop_gradient(self.encoder(signal_BTC, train=False))
+        return self.head(encoded, train=train, rngs=rngs)
+
+
 class Classifier(nnx.Module):
     """An encoder and a head: `signal [B, T, C]` → `[B, K]` float32 logits."""
 

@@ -15,6 +15,11 @@ original, so that its published weights give the published embeddings:
 - the SEP tokens are dropped, the remaining tokens averaged, and the mean layer-normalised:
   that is ST-MEM's `forward_encoding`, the embedding its linear probe and head read.
 
+Any length (ecgfm's extension; at `seq_len` nothing changes): T samples give n = T //
+patch_size patches (a trailing partial patch is left out); up to `seq_len / patch_size` patches
+take the first n patch positions, as the original does for shorter input, more take the patch
+positions linearly interpolated to n rows; the SEP tokens keep the first and last position.
+
 LayerNorms use PyTorch's ε = 1e-5. `features_BND` are the patch tokens after the last block
 (before the final LayerNorm, which ST-MEM applies only to their mean).
 """
@@ -158,15 +163,16 @@ class StMemViT(nnx.Module):
         p, config = self.config.patch_size, self.config
         if c > config.num_leads:
             raise ValueError(f"{c} leads exceed the model's {config.num_leads} lead embeddings")
-        if t % p or t > config.seq_len:
-            raise ValueError(
-                f"T={t} must be a multiple of patch_size={p} and at most seq_len={config.seq_len}"
-            )
+        if t < p:
+            raise ValueError(f"T={t} is shorter than one patch (patch_size={p})")
         n = t // p
-        patches_BCnP = jnp.transpose(signal_BTC, (0, 2, 1)).reshape(b, c, n, p)
+        patches_BCnP = jnp.transpose(signal_BTC[:, : n * p], (0, 2, 1)).reshape(b, c, n, p)
         x = self.token_norm(self.patch_embed(self.patch_norm(patches_BCnP)))
         pos = self.pos_embedding[...].astype(x.dtype)
-        x = x + pos[1 : n + 1]
+        patch_pos = pos[1:-1]
+        if n > config.num_patches:
+            patch_pos = jax.image.resize(patch_pos, (n, config.width), method="linear")
+        x = x + patch_pos[:n]
         sep = self.sep_embedding[...].astype(x.dtype)
         left = jnp.broadcast_to(sep + pos[0], (b, c, 1, config.width))
         right = jnp.broadcast_to(sep + pos[-1], (b, c, 1, config.width))

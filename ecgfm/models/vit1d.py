@@ -14,6 +14,12 @@ and a final LayerNorm on every token.
 For masked modelling, `tokenize` and `encode_tokens` split the forward pass so an objective can
 keep a subset of tokens in between (attention is permutation-equivariant and the positions
 are inside the tokens, so any subset and order works).
+
+Any length: an input of T samples gives n = T // patch_size patches per lead (the last
+T mod patch_size samples are left out: 2.5 s at 250 Hz is 625 samples, 8 patches of 75 and 25
+samples unused). Up to `max_patches` patches take the first n rows of the position table; more
+take the table linearly interpolated to n rows (as ViTs are fine-tuned at another
+resolution), so an encoder pretrained on 9 s embeds 2.5 s windows and 10 s records alike.
 """
 
 from __future__ import annotations
@@ -193,14 +199,20 @@ class ViT1d(nnx.Module):
         return jnp.asarray(sinusoidal_positions(n_positions, self.config.width))
 
     def num_patches(self, num_samples: int) -> int:
-        """Patches per lead for T = `num_samples`; raises if T does not fit the config."""
-        p, max_patches = self.config.patch_size, self.config.max_patches
-        if num_samples % p or num_samples // p > max_patches:
-            raise ValueError(
-                f"T={num_samples} must be a multiple of patch_size={p} with at most "
-                f"max_patches={max_patches} patches"
-            )
+        """Patches per lead for T = `num_samples` (a trailing partial patch is left out)."""
+        p = self.config.patch_size
+        if num_samples < p:
+            raise ValueError(f"T={num_samples} is shorter than one patch (patch_size={p})")
         return num_samples // p
+
+    def patch_positions(self, n: int) -> jax.Array:
+        """`[n, D]` position embeddings of patches 0…n-1: the table's rows, or the table
+        interpolated linearly to n rows when n exceeds `max_patches`."""
+        first = 1 if self.config.sep_tokens else 0
+        table = self._positions()[first : first + self.config.max_patches]
+        if n <= self.config.max_patches:
+            return table[:n]
+        return jax.image.resize(table, (n, table.shape[1]), method="linear")
 
     def tokenize(self, signal_BTC: jax.Array) -> jax.Array:
         """`[B, T, C]` → `[B, C · n, D]` patch tokens with position and lead embeddings added."""
@@ -210,11 +222,10 @@ class ViT1d(nnx.Module):
                 f"expected {self.config.num_leads} leads, got signal shape {[b, t, c]}"
             )
         n = self.num_patches(t)
-        patches_BCnP = jnp.transpose(signal_BTC, (0, 2, 1)).reshape(b, c, n, -1)
+        p = self.config.patch_size
+        patches_BCnP = jnp.transpose(signal_BTC[:, : n * p], (0, 2, 1)).reshape(b, c, n, p)
         tokens = self.token_norm(self.patch_embed(self.patch_norm(patches_BCnP)))
-        first = 1 if self.config.sep_tokens else 0
-        positions_nD = self._positions()[first : first + n]
-        tokens = tokens + positions_nD.astype(tokens.dtype)
+        tokens = tokens + self.patch_positions(n).astype(tokens.dtype)
         tokens = tokens + self.lead_embed[...][:, None, :].astype(tokens.dtype)
         return tokens.reshape(b, c * n, -1)
 

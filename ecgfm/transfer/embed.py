@@ -2,10 +2,9 @@
 
 Pooling: an encoder's `embedding_BD` (each encoder documents it; the CNNs average their last
 stage's features over time, the ViT its tokens), computed with `train=False`: dropout and any
-masking off, BatchNorm on its running statistics. A record is preprocessed whole by the
-encoder's `Preprocessing` with its length left free (resampling, filters and per-record
-normalisation see all 10 s), then cut into windows (`protocol.cut_windows`); each window is
-one encoder input. With whole-record windowing the spec's own crop/pad is applied instead.
+masking off, BatchNorm on its running statistics (`ecgfm.encoder.POOLING`). Inputs are the
+records' windows (`windows.record_windows`: the record preprocessed whole, then cut), each
+one encoder input, whatever length the encoder was pretrained on.
 
 The cache is one `.npz` per key, the SHA-256 of: the checkpoint hash, the preprocessing spec,
 the dataset id (dataset, resolved root, files' sampling rate), window and stride in samples,
@@ -18,7 +17,6 @@ a root are assumed not to change.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -28,139 +26,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
-from flax import nnx
 
 from ecgfm.data.pipeline import pad_rows
-from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.data.record import EcgFormatError, OnError, SkipLog, handle_bad_record
-from ecgfm.models import build_encoder
-from ecgfm.transfer.protocol import Windowing, cut_windows
+from ecgfm.encoder import POOLING, Encoder
+from ecgfm.transfer.windows import Windowing, record_windows
 
 log = logging.getLogger(__name__)
 
-POOLING = "encoder embedding_BD, train=False (dropout and masking off, BatchNorm running stats)"
 _CACHE_FORMAT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class FrozenEncoder:
-    """An encoder reduced to what transfer needs: inputs → embeddings, plus its identity.
-
-    Attributes:
-      embed: `[B, T, C]` float32 → `[B, D]` embeddings, deterministic (`train=False`).
-      preprocessing: the spec its inputs must follow.
-      checkpoint_hash: SHA-256 identifying the weights (cache keys, results).
-      checkpoint_path: where the weights came from, or a description ("random init, seed 0").
-      architecture: {"model": family name, "config": hyperparameters} when known, so that a
-        randomly initialised twin can be built for the baseline.
-    """
-
-    embed: Callable[[np.ndarray], np.ndarray]
-    preprocessing: Preprocessing
-    checkpoint_hash: str
-    checkpoint_path: str
-    architecture: Mapping[str, Any] | None = None
-
-    def describe(self) -> dict[str, Any]:
-        """JSON identity of the checkpoint, as results record it."""
-        return {
-            "path": self.checkpoint_path,
-            "hash": self.checkpoint_hash,
-            "architecture": None if self.architecture is None else dict(self.architecture),
-            "pooling": POOLING,
-        }
-
-
-def hash_module(module: nnx.Module) -> str:
-    """SHA-256 of an NNX module's state: every variable's path, dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(module))
-    for path, leaf in leaves:
-        array = np.asarray(leaf)
-        digest.update(jax.tree_util.keystr(path).encode())
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-def hash_path(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, or of a directory's relative file names and contents (sorted)."""
-    path = pathlib.Path(path)
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no checkpoint files at {path}")
-    for file in files:
-        digest.update(file.relative_to(path if path.is_dir() else path.parent).as_posix().encode())
-        with file.open("rb") as f:
-            for block in iter(functools.partial(f.read, 1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def from_module(
-    encoder: nnx.Module,
-    preprocessing: Preprocessing,
-    *,
-    checkpoint_path: str = "in-memory module",
-    architecture: Mapping[str, Any] | None = None,
-) -> FrozenEncoder:
-    """Wraps an NNX encoder (`__call__(signal_BTC, *, train) -> EncoderOutput`), jitted."""
-    graphdef, state = nnx.split(encoder)
-
-    @jax.jit
-    def embed_fn(state: Any, signal_BTC: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, state)(signal_BTC, train=False).embedding_BD
-
-    return FrozenEncoder(
-        embed=lambda signal_BTC: np.asarray(embed_fn(state, signal_BTC), dtype=np.float32),
-        preprocessing=preprocessing,
-        checkpoint_hash=hash_module(encoder),
-        checkpoint_path=checkpoint_path,
-        architecture=architecture,
-    )
-
-
-def from_export(path: str | os.PathLike) -> FrozenEncoder:
-    """An encoder written by `ecgfm export` (see `ecgfm.export.load_encoder`)."""
-    from ecgfm.export import load_encoder
-
-    loaded = load_encoder(path)
-    return from_module(
-        loaded.module,
-        loaded.preprocessing,
-        checkpoint_path=str(pathlib.Path(path).resolve()),
-        architecture=loaded.architecture,
-    )
-
-
-def random_encoder(
-    model: str, config: Mapping[str, Any] | None, preprocessing: Preprocessing, *, seed: int
-) -> FrozenEncoder:
-    """A randomly initialised encoder of family `model`: the baseline pretraining must beat."""
-    encoder = build_encoder(model, config, rngs=nnx.Rngs(seed))
-    return from_module(
-        encoder,
-        preprocessing,
-        checkpoint_path=f"random init (seed {seed})",
-        architecture={"model": model, "config": dict(config or {})},
-    )
-
-
-def random_twin(encoder: FrozenEncoder, *, seed: int) -> FrozenEncoder:
-    """The same architecture and preprocessing as `encoder`, randomly initialised."""
-    if encoder.architecture is None:
-        raise ValueError(
-            f"{encoder.checkpoint_path}: architecture unknown, cannot build a random baseline"
-        )
-    return random_encoder(
-        encoder.architecture["model"],
-        encoder.architecture.get("config"),
-        encoder.preprocessing,
-        seed=seed,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +56,7 @@ class Embeddings:
 
 
 def cache_key(
-    encoder: FrozenEncoder, dataset_id: str, window: tuple[int, int] | None
+    encoder: Encoder, dataset_id: str, window: tuple[int, int] | None
 ) -> tuple[str, dict[str, Any]]:
     """(hex key, what it hashes) for one encoder × preprocessing × dataset × windowing."""
     contents = {
@@ -195,26 +70,6 @@ def cache_key(
     }
     text = json.dumps(contents, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:32], contents
-
-
-def record_windows(
-    signal_TC: np.ndarray,
-    sampling_rate: float,
-    preprocessing: Preprocessing,
-    window: tuple[int, int] | None,
-) -> np.ndarray:
-    """`[W, T', C']` encoder inputs of one raw `[T, 12]` record (see the module docstring)."""
-    if window is None:
-        return preprocessing(signal_TC, sampling_rate)[None]
-    length, stride = window
-    if preprocessing.num_samples is not None and preprocessing.num_samples != length:
-        raise ValueError(
-            f"the encoder takes {preprocessing.num_samples} samples but windows are {length} "
-            f"({preprocessing.describe()}): choose window_s = num_samples / sampling_rate, or "
-            "whole-record windowing"
-        )
-    whole = dataclasses.replace(preprocessing, num_samples=None)
-    return cut_windows(whole(signal_TC, sampling_rate), length, stride)
 
 
 def _load_cache(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -258,7 +113,7 @@ def _save_cache(path: pathlib.Path, per_record: Mapping[str, np.ndarray], key: d
 
 
 def embed_records(
-    encoders: Mapping[str, FrozenEncoder],
+    encoders: Mapping[str, Encoder],
     read: Callable[[str], Any],
     record_ids: Sequence[str],
     *,
@@ -275,7 +130,7 @@ def embed_records(
     Each record is read once for all encoders; windows follow `windowing` (training or
     evaluation stride) at each encoder's sampling rate. Records are processed `chunk_records`
     at a time so memory holds one chunk's inputs, and the encoder sees batches of
-    `batch_size` (or of the next power of two below it), so it compiles once or twice.
+    `batch_size` (a last, smaller batch padded to the next power of two: few compilations).
     """
     unique_ids = list(dict.fromkeys(record_ids))
     windows = {
@@ -335,7 +190,7 @@ def embed_records(
 
 
 def _embed_inputs(
-    encoder: FrozenEncoder, inputs: Mapping[str, np.ndarray], batch_size: int
+    encoder: Encoder, inputs: Mapping[str, np.ndarray], batch_size: int
 ) -> dict[str, np.ndarray]:
     """Record id → `[W, D]`; windows of equal shape are batched together."""
     by_shape: dict[tuple[int, ...], list[tuple[str, int]]] = {}
@@ -348,7 +203,7 @@ def _embed_inputs(
             chunk = members[start : start + batch_size]
             size = min(batch_size, 1 << (len(chunk) - 1).bit_length())
             batch = pad_rows(np.stack([inputs[r][w] for r, w in chunk]).astype(np.float32), size)
-            embedded = encoder.embed(batch)[: len(chunk)]
+            embedded = encoder.embed_inputs(batch)[: len(chunk)]
             for (record_id, w), vector in zip(chunk, embedded, strict=True):
                 out[record_id][w] = vector
     return {r: np.stack(v) for r, v in out.items()}

@@ -1,7 +1,13 @@
-"""Fine-tuning an exported encoder (or the same architecture from scratch) on a downstream task.
+"""Fine-tuning an exported encoder (or the same architecture from scratch) on a downstream task,
+and training a head on a frozen encoder.
 
-The model is the encoder with the family's new head (`ModelSpec.build_classifier`), trained
-with masked BCE (`objectives.supervised`) by the same train state as pretraining
+The model is the encoder with a new head (`ModelSpec.build_classifier`): by default a dense
+layer on the pooled embedding, the ECG foundation-model benchmark's fine-tuning head, which
+takes any input length (the family's own head, e.g. Ribeiro's flatten head, fixes the length
+it was built for: `head=None` asks for it). With `frozen=True` and `head="attention"` it is the
+benchmark's second mode: the encoder frozen in evaluation mode (`FrozenEncoderClassifier`),
+an attention-pooling head trained on its per-time-step features. Trained with masked BCE
+(`objectives.supervised`) by the same train state as pretraining
 (`ecgfm.train_state.compile_training`: init on the device mesh, the jitted step with the batch
 sharded on `data`, evaluation), `train_state.encoder_init` reads the exported encoder into it
 (the head stays freshly initialised), and `checkpoint.Checkpointer` keeps the best step. What
@@ -56,23 +62,17 @@ from ecgfm.models import ModelSpec
 from ecgfm.objectives.supervised import SupervisedObjective
 from ecgfm.optim import OptimConfig, make_group_optimizer, make_schedule
 from ecgfm.transfer import report
-from ecgfm.transfer.embed import hash_path, record_windows
 from ecgfm.transfer.label_fractions import DEFAULT_FRACTIONS
-from ecgfm.transfer.probe import versions
-from ecgfm.transfer.protocol import (
-    THRESHOLD_RULES,
-    WINDOW_AGGREGATION,
+from ecgfm.transfer.study import (
     Method,
     MethodOutput,
-    TaskData,
-    TaskSpec,
-    aggregate_window_logits,
     describe,
-    load_task,
     run_study,
+    study_results,
     validation_macro_auroc,
-    window_starts,
 )
+from ecgfm.transfer.tasks import TaskData, TaskSpec, load_task
+from ecgfm.transfer.windows import aggregate_window_logits, record_windows
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,9 @@ class FinetuneConfig:
       train_windows: "random" crops or "strided" (the protocol's training windows).
       seed: base seed; each fit folds in the study's seed (head init, dropout, data order).
       fsdp: size of the mesh's "fsdp" axis (the rest of the devices are data parallel).
+      head: "linear" (dense on the pooled embedding, any input length), "attention"
+        (attention pooling over the per-time-step features) or None (the family's own head).
+      frozen: the encoder stays as it is, in evaluation mode, and only the head trains.
     """
 
     steps: int = 2000
@@ -120,6 +123,8 @@ class FinetuneConfig:
     train_windows: TrainWindows = "random"
     seed: int = 0
     fsdp: int = 1
+    head: str | None = "linear"
+    frozen: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -134,6 +139,8 @@ class FinetuneConfig:
             raise ValueError("learning rates, weight decay and freeze_steps must be >= 0")
         if self.train_windows not in ("random", "strided"):
             raise ValueError(f"train_windows must be random or strided, not {self.train_windows!r}")
+        if self.head not in (None, "linear", "attention"):
+            raise ValueError(f"head must be None, 'linear' or 'attention', not {self.head!r}")
 
     def total_steps(self, num_train_records: int) -> int:
         """Optimizer steps of one fit on `num_train_records` records."""
@@ -222,11 +229,11 @@ class FinetuneInputs:
         signal_TC = self.train_signals[record]
         if self.window is None:
             return signal_TC
-        if how == "random":
-            start = int(rng.integers(0, signal_TC.shape[0] - self.window + 1))
+        if how == "random":  # a uniform crop, as the pretraining pipeline draws one
+            start = windows.placement(len(signal_TC), self.window, rng.random()).source_start
         else:
             start = int(
-                rng.choice(window_starts(signal_TC.shape[0], self.window, self.train_stride))
+                rng.choice(windows.window_starts(len(signal_TC), self.window, self.train_stride))
             )
         return signal_TC[start : start + self.window]
 
@@ -236,7 +243,7 @@ def prepare_inputs(
 ) -> FinetuneInputs:
     """Reads every record of `task` once and prepares it for an encoder with `preprocessing`.
 
-    Training records are kept whole (preprocessed at full length, as `embed.record_windows`
+    Training records are kept whole (preprocessed at full length, as `windows.record_windows`
     does before cutting windows) so each step can crop anew; validation and test records are
     cut into the protocol's evaluation windows. Memory: all of them, as float32.
     """
@@ -249,8 +256,6 @@ def prepare_inputs(
     record_ids: dict[str, list[str]] = {}
     labels: dict[str, np.ndarray] = {}
     prepared: dict[str, list[np.ndarray]] = {}
-    # Evaluation splits first: `record_windows` refuses an encoder length that is not the
-    # window's before the (largest) training split is read.
     for split in (VALIDATION, TEST, TRAIN):
         kept, arrays = [], []
         for n, record_id in enumerate(task.record_ids[split]):
@@ -343,7 +348,9 @@ def _compile(model: ModelSpec, num_classes: int, config: FinetuneConfig) -> trai
     schedules = config.schedules(config.steps)
     tx = make_group_optimizer(optim, schedules)
     return train_state.compile_training(
-        lambda rngs: model.build_classifier(num_classes, rngs),
+        lambda rngs: model.build_classifier(
+            num_classes, rngs, head=config.head, frozen=config.frozen
+        ),
         SupervisedObjective(),
         tx,
         schedules["head"],
@@ -360,10 +367,10 @@ def _process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class FinetuneMethod:
-    """Encoder (from an export, or randomly initialised) + the family's new head, fine-tuned
-    with masked BCE: a `protocol.Method`. Head and encoder follow their own warm-up + cosine
-    learning rates (the encoder's at 0 for `freeze_steps`); the record-level validation macro
-    AUROC picks the best step, whose predictions are reported.
+    """Encoder (from an export, or randomly initialised) + a new head, trained with masked
+    BCE (the encoder too, unless frozen): a `study.Method`. Head and encoder follow their own
+    warm-up + cosine learning rates (the encoder's at 0 for `freeze_steps`); the record-level
+    validation macro AUROC picks the best step, whose predictions are reported.
 
     Attributes:
       inputs: the task prepared for the encoder's preprocessing (`prepare_inputs`).
@@ -483,6 +490,7 @@ class FinetuneMethod:
         return MethodOutput(
             validation_scores_NK=fit.validation_scores_NK,
             test_scores_NK=fit.test_scores_NK,
+            model=fit,
             info={
                 "init": str(self.init_from) if self.init_from is not None else "random",
                 "best_step": fit.best_step,
@@ -492,6 +500,15 @@ class FinetuneMethod:
                 "history": fit.history,
             },
         )
+
+
+def finetune_settings(config: FinetuneConfig, task: TaskSpec) -> dict[str, Any]:
+    """How fine-tuning (or the frozen-encoder head) was trained, as the protocol records it."""
+    return {
+        "method": describe(FinetuneMethod),
+        **config.to_dict(),
+        "evaluation_window_stride_s": task.windowing.eval_stride_s,
+    }
 
 
 def run_finetune(
@@ -516,11 +533,11 @@ def run_finetune(
     subsets) run on every label fraction and seed; `comparisons` gives finetune minus each
     other method on the same test resamples, i.e. what pretraining added. With
     `keep_checkpoints`, each fit's best checkpoint stays in `out_dir/checkpoints/<method>/`.
-    Fβ/Gβ thresholds follow `threshold_rule` (`protocol.THRESHOLD_RULES`, fitted on validation).
+    Fβ/Gβ thresholds follow `threshold_rule` (`study.THRESHOLD_RULES`, fitted on validation).
     Writes results.json/.csv/.md, roc.png, label_fractions.png, predictions.npz to `out_dir`
     (see `report.write_report`) and returns the results dict.
     """
-    from ecgfm.export import load_encoder  # the trainer's module, as `embed.from_export`
+    from ecgfm.export import load_encoder
 
     encoder_path = pathlib.Path(encoder_path).resolve()
     out_dir = pathlib.Path(out_dir)
@@ -542,7 +559,7 @@ def run_finetune(
     methods: dict[str, Method] = {"finetune": method("finetune", encoder_path)}
     if include_scratch:
         methods["scratch"] = method("scratch", None)
-    results, predictions = run_study(
+    study, predictions = run_study(
         data,
         methods,
         fractions=label_fractions,
@@ -551,17 +568,11 @@ def run_finetune(
         num_bootstrap=num_bootstrap,
         threshold_rule=threshold_rule,
     )
-    task_record = results.pop("task")
     architecture = model.to_dict()
-    results = {
-        "checkpoint": {
-            "path": str(encoder_path),
-            "hash": hash_path(encoder_path),
-            "architecture": architecture,
-            "trained_steps": spec.get("trained_steps"),
-            "objective": spec.get("objective"),
-        },
-        "baselines": (
+    results = study_results(
+        study,
+        checkpoint=encoder.describe(),
+        baselines=(
             {
                 "scratch": {
                     "path": "random init (seed per run), trained on the training subset",
@@ -572,29 +583,11 @@ def run_finetune(
             if include_scratch
             else {}
         ),
-        "protocol": {
-            **task_record,
-            "label_fractions": results["fractions"],
-            "seeds": list(seeds),
-            "finetune": {
-                "method": describe(FinetuneMethod),
-                **config.to_dict(),
-                "window_aggregation": WINDOW_AGGREGATION[task.windowing.aggregation],
-                "evaluation_window_stride_s": task.windowing.eval_stride_s,
-            },
-            "evaluation": {
-                "num_bootstrap": num_bootstrap,
-                "scores": "sigmoid of the record logits (probabilities)",
-                "threshold_rule": threshold_rule,
-                "thresholds": THRESHOLD_RULES[threshold_rule],
-            },
-        },
-        "preprocessing": encoder.preprocessing.to_dict(),
-        "preprocessing_description": encoder.preprocessing.describe(),
-        "versions": versions(),
-        "skipped_records": [{"where": w, "reason": r} for w, r in inputs.skipped],
-        **results,
-    }
+        method_name="finetune",
+        method_settings=finetune_settings(config, task),
+        preprocessing=encoder.preprocessing,
+        extra={"skipped_records": [{"where": w, "reason": r} for w, r in inputs.skipped]},
+    )
     results["files"] = {
         k: str(v) for k, v in report.write_report(results, predictions, out_dir).items()
     }

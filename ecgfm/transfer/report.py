@@ -98,7 +98,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- Windowing: {protocol['windowing']}",
         *(
             f"- {name.title()}: {protocol[name]}"
-            for name in ("probe", "finetune")
+            for name in ("probe", "attention", "finetune")
             if name in protocol
         ),
         f"- Label fractions {protocol['label_fractions']}, seeds {protocol['seeds']}; "
@@ -175,7 +175,9 @@ def markdown(results: Mapping[str, Any]) -> str:
                     f"{c['fraction']:g}",
                     c["seed"],
                     _with_ci(c["difference"], c["ci"]),
-                    f"{c['p_value_a_not_better']:.3f}",
+                    "—"
+                    if c["p_value_a_not_better"] is None
+                    else f"{c['p_value_a_not_better']:.3f}",
                 ]
                 for c in results["comparisons"]
             ],
