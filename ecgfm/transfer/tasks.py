@@ -14,6 +14,11 @@ into every result:
   folder (`train_source`, its columns 1dAVb, RBBB, LBBB, SB, AF, ST) split by patient 90/10
   (seed 0). Exams without any of the six are normal, not unlabelled: they are kept.
 - `windowing` (`ecgfm.transfer.windows`): the inputs and the aggregation of window scores.
+
+PTB-XL and CPSC 2018 tasks read the dataset's files, or a build of them by `ecgfm prepare`
+(`ecgfm.data.packed`: the same grain source training reads) when the data root holds one; the
+build must be the files at the task's rate with nothing applied (the encoder's own spec is
+applied at transfer time), on the task's split, and gives the same task.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ecgfm.data.code import CodeDataset
 from ecgfm.data.code_test import CLASSES as CODE_TEST_CLASSES
 from ecgfm.data.code_test import CodeTestSet
 from ecgfm.data.cpsc2018 import CPSC_CLASSES, Cpsc2018
+from ecgfm.data.packed import PackedDataset, is_packed
 from ecgfm.data.ptbxl import TASKS as PTBXL_TASKS
 from ecgfm.data.ptbxl import PtbXl
 from ecgfm.data.reader import Reader
@@ -235,8 +241,35 @@ def labelled_task(
     )
 
 
+def _open_packed(spec: TaskSpec, data_dir: pathlib.Path) -> PackedDataset:
+    """`data_dir`'s build of the task's dataset, if it holds the files' samples at its rate.
+
+    The encoder's own spec is applied to each record at transfer time, as to the files, so a
+    build must be the files at the task's rate and nothing more: filtering twice is wrong.
+    """
+    packed = PackedDataset(data_dir, spec.dataset)
+    rate = packed.raw_rate()
+    if rate is None:
+        raise ValueError(
+            f"{packed.dataset_dir} was prepared with {packed.preprocessing.describe()}; transfer "
+            "applies the encoder's own preprocessing to the records, so it needs them as the "
+            f"files hold them: `ecgfm prepare {spec.dataset} --preprocessing "
+            f"'{{\"sampling_rate\": {spec.sampling_rate}}}'`"
+        )
+    if rate != spec.sampling_rate:
+        raise ValueError(
+            f"{packed.dataset_dir} holds {rate:g} Hz records, the task {spec.name} "
+            f"{spec.sampling_rate} Hz ones; prepare it at {spec.sampling_rate} Hz"
+        )
+    return packed
+
+
 def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
-    """A benchmark task on PTB-XL's own folds, read from the task's 100 or 500 Hz files."""
+    """A benchmark task on PTB-XL's own folds, read from the task's 100 or 500 Hz files, or
+    from a build of them (`ecgfm prepare ptbxl`) that `root` holds."""
+    if is_packed(root, "ptbxl"):
+        packed = _open_packed(spec, root)
+        return labelled_task(spec, packed, packed.labels_in(spec.task), packed.split_of)
     reader = PtbXl(root, sampling_rate=spec.sampling_rate)
     labels = {str(ecg_id): names for ecg_id, names in reader.labels(spec.task).items()}
     split_of = {
@@ -247,10 +280,14 @@ def _load_ptbxl(spec: TaskSpec, root: pathlib.Path) -> TaskData:
 
 
 def _load_cpsc2018(spec: TaskSpec, root: pathlib.Path) -> TaskData:
-    """The nine classes on the shipped split (or the spec's split file), checked against it."""
-    reader = Cpsc2018(root)
-    labels = reader.labels_by_record
+    """The nine classes on the shipped split (or the spec's split file), checked against it;
+    from the files or from a build of them (`ecgfm prepare cpsc2018`) made on that split."""
+    packed = _open_packed(spec, root) if is_packed(root, "cpsc2018") else None
+    reader = Cpsc2018(root) if packed is None else packed
+    labels = reader.labels_by_record if packed is None else packed.labels_in(packed.default_task)
     split_of, split_check = splits_lib.load_split_with_check(spec.split_file, labels)
+    if packed is not None:
+        packed.check_task_split(split_of, spec.split_description())
     unsplit = sorted(set(reader.record_ids) - set(split_of))
     if unsplit:
         raise ValueError(
