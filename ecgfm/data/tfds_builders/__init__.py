@@ -122,6 +122,10 @@ def prepare_dataset(
     builder = make_builder(
         name, src_dir, data_dir, preprocessing=preprocessing, on_error=on_error, **options
     )
+    if beam is not None:
+        from ecgfm.data.tfds_builders.beam_build import generate_examples
+
+        builder.beam_examples = generate_examples
     config_dir = pathlib.Path(builder.data_dir).parent
     for leftover in config_dir.glob("incomplete.*"):
         print(f"removing {leftover} left by an interrupted build")

@@ -36,7 +36,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -179,6 +179,9 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
     builder_config: EcgBuilderConfig
     _beam_splits: list[str] | None = None  # the splits a Beam pipeline builds, else None
+    # `beam_build.generate_examples`, set by `prepare_dataset` for a Beam build: this module
+    # imports neither Beam (an optional extra) nor the module built on it.
+    beam_examples: Callable[..., Any] | None = None
 
     # -- what each dataset provides ------------------------------------------------------------
     def open_reader(self, root: pathlib.Path) -> Any:
@@ -278,6 +281,8 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # exactly when the caller named a runner or pipeline options.
         self._beam_splits = None
         if download_config.beam_runner is not None or download_config.beam_options is not None:
+            if self.beam_examples is None:
+                raise ValueError("a Beam build goes through prepare_dataset(beam_runner=...)")
             self._beam_splits = []
         super()._download_and_prepare(dl_manager, download_config)
 
@@ -339,10 +344,8 @@ class EcgBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _generate_examples(self, reader: Any, split: str, record_ids: list[str]) -> Any:
         if self._beam_splits is not None:  # the same work, spread over Beam's workers
-            from ecgfm.data.tfds_builders import beam_build
-
             self._beam_splits.append(split)
-            return beam_build.generate_examples(
+            return self.beam_examples(
                 self, split, record_ids, source_dir=self._source_dir, build_dir=self.data_dir
             )
         return self._generate_in_process(reader, split, record_ids)
