@@ -24,6 +24,7 @@ import tqdm
 from ml_collections import ConfigDict
 
 from ecgfm import checkpoint, distributed, train_state
+from ecgfm.atomic import write_text_atomically
 from ecgfm.config import ConfigError
 from ecgfm.data.inputs import make_inputs
 from ecgfm.experiment import Experiment
@@ -56,14 +57,6 @@ def _check_finite(
         f"saving it. The batch held records {shown or '(unknown)'}. {saved}; check those "
         "records, or lower optim.learning_rate."
     )
-
-
-def _write_atomically(path: pathlib.Path, text: str) -> None:
-    """Write beside, then rename: a kill leaves the old file or the new one, never a torn one
-    (`ecgfm export` reads these two)."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[str, float]:
@@ -113,7 +106,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
     )  # fmt: skip
 
     if main:  # after restoring: a run refused for a changed config leaves them as they were
-        _write_atomically(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        write_text_atomically(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
         data_spec = {
             "label_names": list(inputs.label_names),
             "preprocessing": inputs.preprocessing.to_dict(),
@@ -121,7 +114,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str | pathlib.Path) -> dict[
             "num_val_exams": inputs.num_validation,
             "data": inputs.description,
         }
-        _write_atomically(workdir / "data_spec.json", json.dumps(data_spec, indent=2) + "\n")
+        write_text_atomically(workdir / "data_spec.json", json.dumps(data_spec, indent=2) + "\n")
 
     probe = None
     if exp.probe.every:  # the downstream set is read once, before the first step

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from ecgfm import metrics
+from ecgfm.atomic import replace_atomically
 from ecgfm.data.ptbxl import TASKS as PTBXL_TASKS
 from ecgfm.data.splits import TEST, TRAIN, VALIDATION
 from ecgfm.encoder import Encoder
@@ -195,20 +195,6 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _atomic_write(path: pathlib.Path, write: Callable[[Any], None], suffix: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=suffix, delete=False
-    ) as f:
-        try:
-            write(f)
-        except BaseException:
-            f.close()
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
-
-
 class Progress:
     """Counts cells and prints one line per cell: fitted (with its time) or loaded."""
 
@@ -271,7 +257,7 @@ class CachedMethod:
         start = time.perf_counter()
         out = self._method.fit_predict(train_index, seed)
         info = json.dumps(out.info, default=float)
-        _atomic_write(
+        replace_atomically(
             path,
             lambda f: np.savez(
                 f,
@@ -279,7 +265,6 @@ class CachedMethod:
                 test_scores_NK=out.test_scores_NK,
                 info=np.array(info),
             ),
-            ".npz",
         )
         if full and self.keep is not None:
             self.keep(out)

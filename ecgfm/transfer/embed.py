@@ -22,12 +22,12 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ecgfm.atomic import replace_atomically, write_text_atomically
 from ecgfm.data.pipeline import pad_rows
 from ecgfm.data.record import EcgFormatError, OnError, SkipLog, handle_bad_record
 from ecgfm.encoder import POOLING, Encoder
@@ -80,24 +80,6 @@ def _load_cache(path: pathlib.Path) -> dict[str, np.ndarray]:
     return {str(r): emb[owner == n] for n, r in enumerate(ids)}
 
 
-def _replace_atomically(path: pathlib.Path, write: Callable[[Any], None], suffix: str) -> None:
-    """Writes through `write(file)` to a unique temporary file beside `path`, then renames it.
-
-    Concurrent runs filling the same cache each write their own file; the last rename wins
-    and a reader never sees a partial file.
-    """
-    with tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f"{path.stem}.", suffix=f"{suffix}.tmp", delete=False
-    ) as f:
-        try:
-            write(f)
-        except BaseException:
-            f.close()
-            os.unlink(f.name)
-            raise
-    os.replace(f.name, path)
-
-
 def _save_cache(path: pathlib.Path, per_record: Mapping[str, np.ndarray], key: dict) -> None:
     ids = sorted(per_record)
     arrays = {
@@ -107,9 +89,10 @@ def _save_cache(path: pathlib.Path, per_record: Mapping[str, np.ndarray], key: d
             [np.full(len(per_record[r]), n) for n, r in enumerate(ids)]
         ),
     }
-    _replace_atomically(path, lambda f: np.savez(f, **arrays), ".npz")
-    text = (json.dumps(key, indent=2, sort_keys=True) + "\n").encode()
-    _replace_atomically(path.with_suffix(".json"), lambda f: f.write(text), ".json")
+    replace_atomically(path, lambda f: np.savez(f, **arrays))
+    write_text_atomically(
+        path.with_suffix(".json"), json.dumps(key, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def embed_records(
