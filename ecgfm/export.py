@@ -31,6 +31,7 @@ from ecgfm.config import ConfigError
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.encoder import Encoder  # the loaded-encoder type (also `ecgfm.export.Encoder`)
 from ecgfm.experiment import Experiment
+from ecgfm.interop.keys import CheckpointKeyError, check_state_dict
 
 SPEC_FILE = "ecgfm_encoder.json"
 FORMAT_VERSION = 1
@@ -335,7 +336,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _fill(target: Any, flat: dict[str, np.ndarray], source: str, prefix: str) -> Any:
     """`target`'s structure with each leaf taken from `flat` by its dotted path; checks all."""
-    from ecgfm.interop.keys import check_state_dict
 
     expected = {k: tuple(v.shape) for k, v in _flatten(target, prefix).items()}
     mine = {k: v for k, v in flat.items() if k.startswith(prefix)}
@@ -414,8 +414,8 @@ def _read_arrays(path: pathlib.Path, target: Any, head_target: Any = None) -> tu
             head = None
             if head_target is not None and (path / "head").is_dir():
                 head = checkpoint.restore_tree(path / "head", head_target)
-    except EncoderFormatError:
-        raise
+    except (EncoderFormatError, CheckpointKeyError):
+        raise  # they name the file and list every wrong key already
     except Exception as err:  # Orbax, tensorstore and safetensors raise many types
         problem = checkpoint.brief_error(err)
         raise EncoderFormatError(
