@@ -2,6 +2,7 @@
 the S4D initialisations, causality, shapes on any length, parameter counts, and sharding."""
 
 import itertools
+import json
 import math
 
 import jax
@@ -248,10 +249,13 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_features(encoders):
 
 
 @pytest.mark.slow
-def test_smoke_s4_pretrains_exports_and_fine_tunes(tmp_path):
+def test_smoke_s4_pretrains_exports_fine_tunes_and_is_benchmarked(tmp_path, capsys):
     from test_finetune import CONFIG, _toy_task
 
+    from ecgfm.cli import main
     from ecgfm.config import load_config
+    from ecgfm.data.code_test import write_code_test_set
+    from ecgfm.data.synthetic import write_dataset
     from ecgfm.export import export_encoder, load_encoder
     from ecgfm.metrics import macro_auroc
     from ecgfm.models import ModelSpec
@@ -274,3 +278,17 @@ def test_smoke_s4_pretrains_exports_and_fine_tunes(tmp_path):
     method = FinetuneMethod(inputs, model, CONFIG, exported)
     fit = method.fit(np.arange(48), seed=0)
     assert macro_auroc(inputs.labels["test"], fit.test_scores_NK) > 0.8
+    # `ecgfm benchmark` takes it like any exported encoder: probe and fine-tune cells, scored.
+    write_dataset("code", tmp_path / "code", num_records=80, seed=3)
+    write_code_test_set(tmp_path / "code_test", num_exams=40, seed=4)
+    assert main([
+        "benchmark", "--encoder", str(exported), "--code-test", str(tmp_path / "code_test"),
+        "--code-train", str(tmp_path / "code"), "--out", str(tmp_path / "bench"),
+        "--modes", "linear,finetune", "--fractions", "100", "--seeds", "0", "--steps", "2",
+        "--bootstrap", "20", "--no-baselines",
+    ]) == 0  # fmt: skip
+    assert capsys.readouterr().out.count("fitted in") == 2
+    rows = json.loads((tmp_path / "bench" / "leaderboard.json").read_text())["rows"]
+    assert {(r["mode"], r["method"]) for r in rows} == {("linear", "pretrained"),
+                                                         ("finetune", "finetune")}  # fmt: skip
+    assert all(0.0 <= r["macro_auroc"] <= 1.0 for r in rows)
