@@ -8,9 +8,11 @@ import tempfile
 import absl.flags
 import pytest
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+# Once: pytest-xdist's workers inherit the environment of the process that loaded this first.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compiling dominates the end-to-end tests on CPU, and many compile the same programs (the smoke
 # config's step, the probe's embedding): JAX's persistent cache, fresh for each session and

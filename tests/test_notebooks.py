@@ -59,7 +59,10 @@ def kernel_env(kernelspec_dir, monkeypatch, tmp_path):
     monkeypatch.setenv("JUPYTER_PATH", str(kernelspec_dir))
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ["XLA_FLAGS"])
-    monkeypatch.setenv("XLA_FLAGS", flags)
+    if flags.strip():
+        monkeypatch.setenv("XLA_FLAGS", flags.strip())
+    else:  # XLA reads a value that is not a flag as a file name and aborts
+        monkeypatch.delenv("XLA_FLAGS")
 
 
 def _execute(nb: nbformat.NotebookNode, cwd: pathlib.Path) -> nbformat.NotebookNode:
