@@ -225,8 +225,8 @@ SPEC_DAMAGE = {
     "unknown model": (lambda s: {**s, "model": "resnet9000"}, "model 'resnet9000' is not a"),
     "no hparams": (lambda s: _without(s, "hparams"), "no hparams object"),
     "unknown hparam": (lambda s: _hparams(s, depth=3), "its hparams do not fit"),
-    "hparams that build nothing": (lambda s: _hparams(s, kernel_size=0),  # ZeroDivisionError
-                                   "its hparams do not build a ribeiro_resnet"),
+    "a kernel of size 0": (lambda s: _hparams(s, kernel_size=0),
+                           "do not fit ribeiro_resnet (ribeiro_resnet: model.hparams: kernel_size"),
     "hparams of another size": (lambda s: _hparams(s, widths=[8, 16, 32]),
                                 "its weights do not read as the architecture"),
     "labels not strings": (lambda s: {**s, "label_names": [1, 2]}, "label_names"),

@@ -77,6 +77,12 @@ class RibeiroResNetConfig:
             )
         if self.padding not in ("same", "symmetric"):
             raise ValueError(f"padding must be 'same' or 'symmetric', got {self.padding!r}")
+        # XLA's answer to an empty kernel depends on its version (an error, or zeros).
+        if self.kernel_size < 1 or self.input_length < 1 or min(self.widths) < 1:
+            raise ValueError(
+                "kernel_size, input_length and widths must be positive, got "
+                f"{self.kernel_size}, {self.input_length}, {self.widths}"
+            )
 
     @property
     def output_length(self) -> int:
