@@ -336,7 +336,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _fill(target: Any, flat: dict[str, np.ndarray], source: str, prefix: str) -> Any:
     """`target`'s structure with each leaf taken from `flat` by its dotted path; checks all."""
-
     expected = {k: tuple(v.shape) for k, v in _flatten(target, prefix).items()}
     mine = {k: v for k, v in flat.items() if k.startswith(prefix)}
     check_state_dict(mine, expected, source)
