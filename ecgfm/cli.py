@@ -202,6 +202,17 @@ def _import(args: argparse.Namespace) -> int:
         options["use_bn"] = args.use_bn == "true"
     if args.dim_head is not None:
         options["dim_head"] = args.dim_head
+    if args.heads is not None:
+        options["heads"] = args.heads
+    if args.conv_feature_layers is not None:
+        options["conv_feature_layers"] = args.conv_feature_layers
+    if args.labels is not None:
+        try:
+            text = args.labels.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            print(f"ecgfm import: {args.labels}: {error}", file=sys.stderr)
+            return 2
+        options["label_names"] = [line.strip() for line in text.splitlines() if line.strip()]
     try:
         out = import_checkpoint(args.format, args.src, args.out, layout=args.layout, **options)
     except (CheckpointKeyError, UnsafeCheckpointError, ValueError, FileNotFoundError) as error:
@@ -718,9 +729,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mismatches are listed. PyTorch files are read without PyTorch and without running "
         "pickled code. Formats: ribeiro_keras (automatic-ecg-diagnosis model.hdf5), "
         "ribeiro_torch (ecg-age-prediction model.pth, or its folder with config.json), "
-        "ecgfounder (ECGFounder .pth), st_mem (ST-MEM .pth).",
+        "ecgfounder (ECGFounder .pth), st_mem (ST-MEM .pth), hubert_ecg (HuBERT-ECG Hugging "
+        "Face folder), ecg_fm (ECG-FM fairseq-signals .pt, pre-trained or fine-tuned).",
     )
-    p.add_argument("format", choices=("ribeiro_keras", "ribeiro_torch", "ecgfounder", "st_mem"))
+    p.add_argument(
+        "format",
+        choices=("ribeiro_keras", "ribeiro_torch", "ecgfounder", "st_mem", "hubert_ecg", "ecg_fm"),
+    )
     p.add_argument("src", type=pathlib.Path, metavar="SRC", help="the published file")
     p.add_argument("--out", required=True, type=pathlib.Path, help="encoder folder to write")
     p.add_argument("--layout", choices=("orbax", "safetensors"), default="orbax")
@@ -730,6 +745,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="ecgfounder: apply BatchNorm (default: only if the file's BatchNorm was trained)",
     )  # fmt: skip
     p.add_argument("--dim-head", type=int, help="st_mem: width per attention head (64)")
+    p.add_argument(
+        "--heads", type=int, help="ecg_fm: attention heads, if the file's cfg lacks them"
+    )
+    p.add_argument(
+        "--conv-feature-layers", metavar="SPEC",
+        help="ecg_fm: the conv spec if the file has no cfg, e.g. '[(256, 2, 2)] * 4'",
+    )  # fmt: skip
+    p.add_argument(
+        "--labels", type=pathlib.Path, metavar="FILE",
+        help="ecg_fm: the fine-tuned head's label names, one per line",
+    )  # fmt: skip
     p.set_defaults(run=_import)
 
     p = commands.add_parser(

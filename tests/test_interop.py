@@ -359,6 +359,182 @@ def test_zip_checkpoint_without_torch_installed_layout(tmp_path):
     assert state["pos_embedding"].shape == (1, 14, 32)
 
 
+# ------------------------------------------------------------------ HuBERT-ECG (HF folder)
+
+
+def _randomise(model) -> None:
+    """Every parameter perturbed, so that LayerNorm/GroupNorm affines are not 1 and 0."""
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
+
+
+def _hubert_config(stable: bool = False, **extra):
+    hubert = _original("hubert_ecg_torch")
+    return hubert, dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+        conv_dim=[16] * 5, conv_kernel=[10, 3, 3, 2, 2], conv_stride=[4, 2, 2, 2, 2],
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, classifier_proj_size=8,
+        do_stable_layer_norm=stable, feat_extract_norm="layer" if stable else "group",
+        conv_bias=stable, **extra,
+    )  # fmt: skip
+
+
+def _leads_end_to_end(signal_BTC: np.ndarray):
+    """HuBERT-ECG's dataset: each lead after the other, `reshape(-1)` of [leads, time]."""
+    return torch.from_numpy(signal_BTC.transpose(0, 2, 1).reshape(len(signal_BTC), -1))
+
+
+def _rename_to_weight_g_v(path: pathlib.Path) -> None:
+    """The older naming of the weight-normalised position conv (transformers < 4.38 files)."""
+    from safetensors.numpy import load_file, save_file
+
+    arrays = load_file(str(path))
+    for old, new in (("original0", "weight_g"), ("original1", "weight_v")):
+        key = next(k for k in arrays if k.endswith(f"parametrizations.weight.{old}"))
+        arrays[key.replace(f"parametrizations.weight.{old}", new)] = arrays.pop(key)
+    save_file(arrays, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("variant", ["post_ln_group_norm", "pre_ln_layer_norm_weight_g_v"])
+def test_hubert_ecg_matches_the_original(tmp_path, variant):
+    stable = variant.startswith("pre_ln")
+    hubert, config = _hubert_config(stable)
+    torch.manual_seed(0)
+    model = hubert.HuBERTECG(hubert.HuBERTECGConfig(vocab_sizes=[10], **config)).eval()
+    _randomise(model)
+    model.save_pretrained(tmp_path / "hf")
+    if stable:
+        _rename_to_weight_g_v(tmp_path / "hf" / "model.safetensors")
+    out = import_checkpoint("hubert_ecg", tmp_path / "hf", tmp_path / "enc")
+    encoder = ecgfm.load_encoder(out)
+    for length in (500, 300):  # 5 s at 100 Hz per lead, as published, and a shorter window
+        signal = _signal(2, length)
+        with torch.no_grad():
+            hidden = model(_leads_end_to_end(signal)).last_hidden_state.numpy()
+        _close(np.asarray(encoder._run(encoder.module, signal).features_BND), hidden)
+        if length == 500:  # the embedding: the mean over time the classifier reads
+            _close(encoder(signal, 100), hidden.mean(1))
+    spec = encoder.config
+    assert spec["hparams"]["layer_norm_first"] is stable
+    assert spec["preprocessing"]["normalization"] == "per_lead_min_max"
+    assert "final_proj.0.weight" in spec["source"]["keys read but unused"]
+    assert "CC BY-NC 4.0" in spec["license"] and "head" not in spec
+
+
+def test_hubert_ecg_classifier_keeps_its_head_and_label_names(tmp_path):
+    hubert, config = _hubert_config()
+    names = ["AF", "RBBB", "LBBB"]
+    classifier_config = hubert.HuBERTECGClassificationConfig(
+        num_labels=3, id2label=dict(enumerate(names)), **config
+    )
+    torch.manual_seed(0)
+    model = hubert.HuBERTECGForClassification(classifier_config).eval()
+    _randomise(model)
+    model.save_pretrained(tmp_path / "hf")
+    encoder = ecgfm.load_encoder(import_checkpoint("hubert_ecg", tmp_path / "hf", tmp_path / "e"))
+    signal = _signal(2, 500)
+    with torch.no_grad():
+        logits = model(_leads_end_to_end(signal)).logits.numpy()
+    _close(encoder.predict(signal, 100), 1 / (1 + np.exp(-logits)))  # multi_label: sigmoid
+    assert encoder.config["label_names"] == names
+
+    classifier_config.classifier_hidden_size = 8  # the MLP head is refused, by its keys
+    hubert.HuBERTECGForClassification(classifier_config).save_pretrained(tmp_path / "mlp")
+    with pytest.raises(CheckpointKeyError, match=r"classifier\.0\.weight.*\n.*MLP"):
+        import_checkpoint("hubert_ecg", tmp_path / "mlp", tmp_path / "e2")
+
+
+# ------------------------------------------------------------- ECG-FM (fairseq-signals)
+
+
+def _ecg_fm_configs(**changes):
+    fairseq = _original("fairseq_signals_w2v")
+    size = dict(
+        encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=48,
+        encoder_attention_heads=2, conv_feature_layers="[(16, 2, 2)] * 4", conv_pos=16,
+        conv_pos_groups=4,
+    )  # fmt: skip
+    pretrained = fairseq.Wav2Vec2CMSCConfig(
+        **size, final_dim=8, latent_vars=5, quantize_targets=True, apply_mask=True, **changes
+    )
+    return fairseq, pretrained, size
+
+
+@pytest.mark.parametrize("variant", ["published", "pre_ln_layer_norm_parametrizations"])
+def test_ecg_fm_pretrained_matches_the_original(tmp_path, variant):
+    changes = {}
+    if variant != "published":
+        changes = dict(layer_norm_first=True, extractor_mode="layer_norm", conv_bias=True)
+    fairseq, cfg, _ = _ecg_fm_configs(**changes)
+    torch.manual_seed(0)
+    model = fairseq.Wav2Vec2CMSCModel(cfg, legacy_weight_norm=variant == "published").eval()
+    _randomise(model)
+    path = tmp_path / "pretrained.pt"
+    fairseq.save_like_fairseq_signals(model, path, fairseq.to_fairseq_dict(cfg, "wav2vec2_cmsc"))
+    out = import_checkpoint("ecg_fm", path, tmp_path / "enc")
+    encoder = ecgfm.load_encoder(out)
+    for length in (2500, 160):  # 5 s at 500 Hz, as published, and a short window
+        signal = _signal(2, length)
+        with torch.no_grad():
+            features = model.extract_features(torch.from_numpy(signal).transpose(1, 2)).numpy()
+        _close(np.asarray(encoder._run(encoder.module, signal).features_BND), features)
+        if length == 2500:
+            _close(encoder(signal, 500), features.mean(1))
+    spec = encoder.config
+    assert spec["hparams"]["layer_norm_first"] is (variant != "published")
+    assert spec["hparams"]["conv_layers"] == [[16, 2, 2]] * 4
+    unused = spec["source"]["keys read but unused"]
+    assert "mask_emb" in unused and "quantizer.vars" in unused and "project_q.weight" in unused
+    assert "MIT" in spec["license"] and "head" not in spec
+
+
+def test_ecg_fm_finetuned_classifier_keeps_its_head_and_names_its_labels(tmp_path):
+    from ecgfm.interop.ecg_fm import MIMIC_IV_ECG_LABELS
+
+    fairseq, pretrained, size = _ecg_fm_configs()
+    cfg = fairseq.ECGTransformerClassificationConfig(**size, num_labels=17)
+    torch.manual_seed(0)
+    model = fairseq.ECGTransformerClassificationModel.build_model(cfg, pretrained).eval()
+    _randomise(model)
+    path = tmp_path / "finetuned.pt"
+    fairseq.save_like_fairseq_signals(
+        model, path, fairseq.to_fairseq_dict(cfg, "ecg_transformer_classifier")
+    )
+    encoder = ecgfm.load_encoder(import_checkpoint("ecg_fm", path, tmp_path / "enc"))
+    signal = _signal(2, 2500)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(signal).transpose(1, 2)).numpy()
+    _close(encoder.predict(signal, 500), 1 / (1 + np.exp(-logits)))
+    assert tuple(encoder.config["label_names"]) == MIMIC_IV_ECG_LABELS
+
+    # A bare state_dict has no config: the strides must be given, and then it imports.
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(ValueError, match="conv_feature_layers"):
+        import_checkpoint("ecg_fm", tmp_path / "bare.pt", tmp_path / "bare")
+    bare = import_checkpoint("ecg_fm", tmp_path / "bare.pt", tmp_path / "bare",
+                             conv_feature_layers="[(16, 2, 2)] * 4", heads=2)  # fmt: skip
+    _close(ecgfm.load_encoder(bare).predict(signal, 500), 1 / (1 + np.exp(-logits)))
+
+
+def test_ecg_fm_conv_spec_is_parsed_without_eval():
+    from ecgfm.interop.ecg_fm import parse_conv_layers
+
+    assert parse_conv_layers("[(256, 2, 2)] * 4") == [(256, 2, 2)] * 4
+    assert parse_conv_layers("[(512, 10, 5)] + [(512, 3, 2)] * 2") == [
+        (512, 10, 5), (512, 3, 2), (512, 3, 2)
+    ]  # fmt: skip
+    for hostile in (
+        "__import__('os').system('true')",
+        "[(1, 2)]",
+        "[(1, 2, 3)] * 10**9",
+        "[(1, 2, 3)] * 10**9**9",
+    ):
+        with pytest.raises(ValueError):
+            parse_conv_layers(hostile)
+
+
 # ------------------------------------------------------------------ CLI and HF layout
 
 
@@ -439,6 +615,8 @@ def test_imported_families_train_with_ecgfm_optimiser():
                         "mlp_dim": 16, "heads": 2, "dim_head": 8}),
         ("net1d", {"base_filters": 8, "filter_list": [8], "m_blocks_list": [1],
                    "groups_width": 4, "use_bn": True}),
+        ("wav2vec2", {"conv_layers": [[8, 2, 2]], "width": 8, "depth": 1, "heads": 2,
+                      "mlp_dim": 8, "conv_pos": 4, "conv_pos_groups": 2}),
     ]:  # fmt: skip
         model = build_model(name, hparams, 3, rngs=nnx.Rngs(0))
         weight_decay_mask(nnx.to_pure_dict(nnx.state(model, nnx.Param)))

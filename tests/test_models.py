@@ -302,7 +302,9 @@ def test_encoder_transfers_without_its_head(tiny_xresnet):
 
 
 def test_registry_builds_from_plain_dicts_and_rejects_unknown_names():
-    assert set(MODELS) == {"ribeiro_resnet", "xresnet1d", "vit1d", "net1d", "st_mem_vit", "s4"}
+    assert set(MODELS) == {
+        "ribeiro_resnet", "xresnet1d", "vit1d", "net1d", "st_mem_vit", "s4", "wav2vec2"
+    }  # fmt: skip
     config = make_config("ribeiro_resnet", {"widths": [8, 16], "input_length": 64})
     assert config == RibeiroResNetConfig(widths=(8, 16), input_length=64)
     hash(config)  # frozen and hashable: it is static in the graph definition
@@ -312,3 +314,38 @@ def test_registry_builds_from_plain_dicts_and_rejects_unknown_names():
         make_config("vit1d", {"widht": 64})
     with pytest.raises(ValueError, match="depth"):
         make_config("xresnet1d", {"depth": 42})
+
+
+def _num_params(name: str, hparams: dict) -> int:
+    encoder = nnx.eval_shape(lambda: build_encoder(name, hparams, rngs=nnx.Rngs(0)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
+
+
+def test_wav2vec2_defaults_are_ecg_fm_with_its_published_parameter_count():
+    # ECG-FM's README: "90,883,072 parameters". Besides the encoder, the pre-training model
+    # holds mask_emb (768), the quantizer (1·640·128 codewords + 256→640 projection),
+    # project_q (256→256) and final_proj (768→256); the weight-normalised position conv
+    # stores its 128 magnitudes g apart from the kernel ecgfm folds them into.
+    pretraining_only = 768 + 640 * 128 + (256 * 640 + 640) + (256 * 256 + 256) + (768 * 256 + 256)
+    assert _num_params("wav2vec2", {}) + 128 + pretraining_only == 90_883_072
+    # HuBERT-ECG small (its config.json) is 30.21 M with the 128 magnitudes.
+    small = {
+        "input_layout": "leads_concatenated", "width": 512, "depth": 8, "heads": 8,
+        "mlp_dim": 2048, "conv_layers": [[512, 10, 4], [512, 3, 2], [512, 3, 2], [512, 2, 2],
+                                         [512, 2, 2]],
+    }  # fmt: skip
+    assert round((_num_params("wav2vec2", small) + 128) / 1e4) == 3021
+
+
+def test_wav2vec2_takes_any_length_above_its_receptive_field_and_refuses_shorter():
+    hparams = {"conv_layers": [[8, 10, 4], [8, 3, 2]], "width": 8, "depth": 1, "heads": 2,
+               "mlp_dim": 8, "conv_pos": 4, "conv_pos_groups": 2}  # fmt: skip
+    for layout, tokens in (("leads_as_channels", 11), ("leads_concatenated", 148)):
+        encoder = build_encoder("wav2vec2", hparams | {"input_layout": layout}, rngs=nnx.Rngs(0))
+        assert encoder.config.receptive_field == 10 + (3 - 1) * 4
+        out = encoder(jnp.ones((2, 100, 12)), train=False)
+        assert out.features_BND.shape == (2, tokens, 8) and out.embedding_BD.shape == (2, 8)
+        with pytest.raises(ValueError, match="receptive field"):
+            encoder(jnp.ones((2, 17, 12)), train=False)
+    with pytest.raises(ValueError, match="conv_layers"):
+        make_config("wav2vec2", {"conv_layers": [[8, 0, 2]]})

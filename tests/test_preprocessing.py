@@ -254,6 +254,21 @@ def test_standardize_gives_zero_mean_unit_std_per_lead_and_a_flat_lead_stays_fin
     np.testing.assert_array_equal(out_TC[:, 2], 0)
 
 
+def test_min_max_scaling_maps_each_lead_onto_minus_one_to_one_as_hubert_ecg_does():
+    signal_TC = np.array([[0.0, 5.0, 2.0], [1.0, 3.0, 2.0], [4.0, 1.0, 2.0]], np.float32)
+    out_TC = pp.min_max_scale(signal_TC)
+    # HuBERT-ECG code/utils.py `scaling`: 2 (x - min) / (max - min + 1e-8) - 1
+    expected = 2 * (signal_TC - signal_TC.min(0)) / (np.ptp(signal_TC, 0) + 1e-8) - 1
+    np.testing.assert_allclose(out_TC, expected, atol=1e-6)
+    np.testing.assert_allclose(out_TC[:, :2].min(0), -1, atol=1e-6)
+    np.testing.assert_allclose(out_TC[:, :2].max(0), 1, atol=1e-6)
+    np.testing.assert_array_equal(out_TC[:, 2], -1)  # a flat lead stays finite
+    spec = pp.Preprocessing(sampling_rate=100, normalization="per_lead_min_max")
+    assert pp.Preprocessing.from_json(spec.to_json()) == spec
+    raw_TC = np.random.default_rng(0).normal(size=(300, 12))
+    np.testing.assert_allclose(np.abs(spec(raw_TC, 100)).max(0), 1, atol=1e-6)
+
+
 def test_select_leads_picks_columns_by_canonical_name():
     signal_TC = np.tile(np.arange(12, dtype=np.float32), (5, 1))  # column i holds i
     np.testing.assert_array_equal(pp.select_leads(signal_TC, ("II", "V1", "aVR"))[0], [1, 6, 3])

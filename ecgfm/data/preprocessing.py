@@ -25,8 +25,15 @@ import scipy.signal
 from ecgfm.data import windows
 from ecgfm.data.record import LEADS, EcgRecord
 
-Normalization = Literal["none", "per_lead_standardize", "per_record_standardize"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "per_lead_standardize", "per_record_standardize")
+Normalization = Literal[
+    "none", "per_lead_standardize", "per_record_standardize", "per_lead_min_max"
+]
+NORMALIZATIONS: tuple[str, ...] = (
+    "none",
+    "per_lead_standardize",
+    "per_record_standardize",
+    "per_lead_min_max",
+)
 POWERLINE_HZ: tuple[float, ...] = (50.0, 60.0)
 # Up/down factors above this make the polyphase filter needlessly long; real ECG rates
 # (100, 250, 257, 360, 400, 500, 1000 Hz) all fit.
@@ -163,6 +170,14 @@ def standardize(signal_TC: np.ndarray, eps: float = 1e-6, *, per_lead: bool = Tr
     return (centred_TC / np.maximum(std, eps)).astype(np.float32)
 
 
+def min_max_scale(signal_TC: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Each lead scaled to [-1, 1] by its minimum and maximum over time, as HuBERT-ECG's
+    `scaling` does: `2 (x - min) / (max - min + eps) - 1` (a flat lead becomes -1)."""
+    signal_TC = _as_signal(signal_TC).astype(np.float64)
+    low, high = signal_TC.min(axis=0), signal_TC.max(axis=0)
+    return (2 * (signal_TC - low) / (high - low + eps) - 1).astype(np.float32)
+
+
 def lowpass(
     signal_TC: np.ndarray, sampling_rate: float, cutoff_hz: float, order: int = 2
 ) -> np.ndarray:
@@ -227,7 +242,8 @@ class Preprocessing:
       filter_order: Butterworth order of the high-, low- and band-pass (doubled by zero-phase).
       notch_quality: quality factor Q of the notch (−3 dB width powerline_hz / Q).
       normalization: "none", "per_lead_standardize" (zero mean, unit std per lead and record),
-        or "per_record_standardize" (one mean and std over all leads and samples of a record).
+        "per_record_standardize" (one mean and std over all leads and samples of a record), or
+        "per_lead_min_max" (each lead scaled to [-1, 1], HuBERT-ECG's `scaling`).
       input_units: units the raw signal must be in; only "mV".
     """
 
@@ -346,7 +362,9 @@ class Preprocessing:
             out_TC = lowpass(out_TC, self.sampling_rate, self.lowpass_hz, self.filter_order)
         if self.num_samples is not None and out_TC.shape[0] > self.num_samples:
             out_TC = center_crop_or_pad(out_TC, self.num_samples)
-        if self.normalization != "none":
+        if self.normalization == "per_lead_min_max":
+            out_TC = min_max_scale(out_TC)
+        elif self.normalization != "none":
             out_TC = standardize(out_TC, per_lead=self.normalization == "per_lead_standardize")
         if self.num_samples is not None:
             out_TC = center_crop_or_pad(out_TC, self.num_samples)

@@ -18,8 +18,8 @@ running pickled code (`torch_file`); Keras HDF5 with h5py.
 | ribeiro_torch | ecg-age-prediction `model.pth` (+ `config.json`) | `ribeiro_resnet` |
 | ecgfounder | ECGFounder `.pth` | `net1d` |
 | st_mem | ST-MEM `.pth` | `st_mem_vit` |
-
-HuBERT-ECG and ECG-FM (fairseq-signals) are not supported yet.
+| hubert_ecg | HuBERT-ECG Hugging Face folder (`config.json` + `model.safetensors`) | `wav2vec2` |
+| ecg_fm | ECG-FM fairseq-signals `.pt` (pre-trained or fine-tuned) | `wav2vec2` |
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from ecgfm.interop import ecgfounder, ribeiro, st_mem
+from ecgfm.interop import ecg_fm, ecgfounder, hubert_ecg, ribeiro, st_mem
 from ecgfm.interop.base import Imported
 from ecgfm.interop.keys import CheckpointKeyError
 from ecgfm.interop.torch_file import UnsafeCheckpointError, read_torch_checkpoint
@@ -38,6 +38,8 @@ FORMATS: dict[str, Callable[..., Imported]] = {
     "ribeiro_torch": ribeiro.read_torch,
     "ecgfounder": ecgfounder.read,
     "st_mem": st_mem.read,
+    "hubert_ecg": hubert_ecg.read,
+    "ecg_fm": ecg_fm.read,
 }
 
 __all__ = [

@@ -150,6 +150,35 @@ def _flatten_ct(array: np.ndarray, channels: int | None) -> np.ndarray:
     return w.reshape(num_outputs, num_inputs).T
 
 
+# The two ways PyTorch names a weight-normalised weight's magnitude g and direction v:
+# `torch.nn.utils.weight_norm` (weight_g, weight_v) and its successor
+# `torch.nn.utils.parametrizations.weight_norm` (original0, original1).
+WEIGHT_NORM_NAMES = (
+    ("weight_g", "weight_v"),
+    ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+)
+
+
+def fold_weight_norm(state: dict[str, np.ndarray], module: str, dim: int) -> dict[str, np.ndarray]:
+    """`state` with `module`'s weight-normalised weight as one `<module>.weight`: g · v / ‖v‖,
+    the norm taken over every axis but `dim` (PyTorch `weight_norm(dim=dim)`), in float64.
+
+    Either naming is accepted; a state without either pair is returned unchanged (its missing
+    `<module>.weight` is then reported with the other key problems).
+    """
+    for g_name, v_name in WEIGHT_NORM_NAMES:
+        g_key, v_key = f"{module}.{g_name}", f"{module}.{v_name}"
+        if g_key in state and v_key in state:
+            g = np.asarray(state[g_key], np.float64)
+            v = np.asarray(state[v_key], np.float64)
+            axes = tuple(a for a in range(v.ndim) if a != dim)
+            norm = np.sqrt(np.sum(v * v, axis=axes, keepdims=True))
+            folded = {k: a for k, a in state.items() if k not in (g_key, v_key)}
+            folded[f"{module}.weight"] = (g * v / norm).astype(np.asarray(state[v_key]).dtype)
+            return folded
+    return state
+
+
 def split_classifier(params: dict, model_state: dict) -> tuple[dict, dict, dict]:
     """(encoder params, encoder model_state, head params) of a Classifier's pure dicts."""
     return params["encoder"], model_state.get("encoder", {}), params["head"]

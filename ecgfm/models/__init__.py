@@ -35,6 +35,7 @@ from ecgfm.models.resnet1d import RibeiroResNet, RibeiroResNetConfig
 from ecgfm.models.s4 import S4Config, S4Encoder
 from ecgfm.models.st_mem import StMemViT, StMemViTConfig
 from ecgfm.models.vit1d import ViT1d, ViT1dConfig
+from ecgfm.models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
 from ecgfm.models.xresnet1d import XResNet1d, XResNet1dConfig
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
     "StMemViTConfig",
     "ViT1d",
     "ViT1dConfig",
+    "Wav2Vec2Config",
+    "Wav2Vec2Encoder",
     "XResNet1d",
     "XResNet1dConfig",
     "build_encoder",
@@ -92,11 +95,11 @@ def _xresnet_head(config: XResNet1dConfig, num_classes: int, rngs: nnx.Rngs) -> 
 
 
 def _vit_head(
-    config: ViT1dConfig | Net1dConfig | StMemViTConfig | S4Config,
+    config: ViT1dConfig | Net1dConfig | StMemViTConfig | S4Config | Wav2Vec2Config,
     num_classes: int,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """Dense on the pooled embedding (also Net1D's, ST-MEM's and the S4's heads)."""
+    """Dense on the pooled embedding (also Net1D's, ST-MEM's, the S4's and wav2vec 2.0's)."""
     return LinearHead(
         config.embedding_dim,
         num_classes,
@@ -123,6 +126,7 @@ MODELS: dict[str, ModelFamily] = {
     # Published encoders `ecgfm import` reads (ecgfm/interop/): the originals' architectures.
     "net1d": ModelFamily(Net1dConfig, Net1d, _vit_head),
     "st_mem_vit": ModelFamily(StMemViTConfig, StMemViT, _vit_head),
+    "wav2vec2": ModelFamily(Wav2Vec2Config, Wav2Vec2Encoder, _vit_head),  # ECG-FM, HuBERT-ECG
     "s4": ModelFamily(S4Config, S4Encoder, _vit_head),
 }
 
