@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "originals"))
 
+import fairseq_signals_w2v
+import hubert_ecg_torch
 import net1d_torch
 import ribeiro_torch
 import st_mem_torch
@@ -55,8 +57,50 @@ def _st_mem(folder: pathlib.Path):
     return model, "st_mem", folder / "st_mem.pth", (2250, 250.0), {}
 
 
+class _LeadsEndToEnd(torch.nn.Module):
+    """HuBERT-ECG's input: `[B, 12, T]` laid lead after lead into `[B, 12·T]`, as its dataset
+    does; returns the classifier's logits."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x.reshape(len(x), -1)).logits
+
+
+def _hubert_ecg(folder: pathlib.Path):
+    config = hubert_ecg_torch.HuBERTECGClassificationConfig(
+        num_labels=5,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        conv_dim=[512] * 5,
+        conv_kernel=[10, 3, 3, 2, 2],
+        conv_stride=[4, 2, 2, 2, 2],
+    )  # fmt: skip (HuBERT-ECG base: code/pretrain.py sizes, `--downsampling_factor=5` convs)
+    model = hubert_ecg_torch.HuBERTECGForClassification(config).eval()
+    model.save_pretrained(folder / "hf")
+    return _LeadsEndToEnd(model), "hubert_ecg", folder / "hf", (500, 100.0), {}
+
+
+def _ecg_fm(folder: pathlib.Path):
+    pretrained = fairseq_signals_w2v.Wav2Vec2CMSCConfig(
+        final_dim=256, quantize_targets=True, apply_mask=True
+    )  # the rest: fairseq-signals defaults, which are ECG-FM's (12 × 768, [(256, 2, 2)] * 4)
+    config = fairseq_signals_w2v.ECGTransformerClassificationConfig(num_labels=17)
+    model = fairseq_signals_w2v.ECGTransformerClassificationModel.build_model(config, pretrained)
+    fairseq_signals_w2v.save_like_fairseq_signals(
+        model, folder / "ecg_fm.pt",
+        fairseq_signals_w2v.to_fairseq_dict(config, "ecg_transformer_classifier"),
+    )  # fmt: skip
+    return model, "ecg_fm", folder / "ecg_fm.pt", (2500, 500.0), {}
+
+
 MODELS = {"ribeiro_torch (ResNet1d)": _ribeiro, "ecgfounder (Net1D)": _ecgfounder,
-          "st_mem (ViT-B)": _st_mem}  # fmt: skip
+          "st_mem (ViT-B)": _st_mem, "hubert_ecg (base)": _hubert_ecg,
+          "ecg_fm (wav2vec 2.0)": _ecg_fm}  # fmt: skip
 
 
 def _time(fn, x) -> float:

@@ -388,8 +388,9 @@ def _hf_license(text: str | None) -> str:
     """The Hub's licence identifier for a licence named in a spec (else "other")."""
     known = {"mit": "mit", "apache-2.0": "apache-2.0", "cc-by-4.0": "cc-by-4.0",
              "cc-by-nc-4.0": "cc-by-nc-4.0", "cc-by-nc-sa-4.0": "cc-by-nc-sa-4.0"}  # fmt: skip
-    first = (text or "").split()[0].lower().rstrip(",;") if text else ""
-    return known.get(first, "other")
+    # "MIT (bakqui/ST-MEM, ...)" → "mit"; "CC BY-NC 4.0 (code: ...)" → "cc-by-nc-4.0"
+    name = (text or "").split("(")[0].split(";")[0].strip().lower().rstrip(",")
+    return known.get(name.replace(" ", "-"), "other")
 
 
 def _read_arrays(path: pathlib.Path, target: Any, head_target: Any = None) -> tuple[Any, Any]:

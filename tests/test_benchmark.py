@@ -213,3 +213,45 @@ def test_benchmark_end_to_end_resumes_and_its_models_predict(suite, tmp_path, ca
     assert main(["predict", "--encoder", str(models / "finetune" / "encoder"), "--head",
                  str(models / "finetune" / "head"), "--data", str(root / "code_test"),
                  "--out", str(csv_path)]) == 0  # fmt: skip
+
+
+@pytest.mark.slow
+def test_an_imported_encoder_is_benchmarked_beside_ecgfms_in_one_table(suite, tmp_path, capsys):
+    """A published encoder (ECG-FM's architecture, built by its original code) and ecgfm's own
+    go through the same protocol into one leaderboard."""
+    import pathlib
+    import sys
+
+    torch = pytest.importorskip("torch")
+    from ecgfm.cli import main
+    from ecgfm.interop import import_checkpoint
+
+    sys.path.insert(
+        0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "originals")
+    )
+    import fairseq_signals_w2v as fairseq
+
+    cfg = fairseq.Wav2Vec2CMSCConfig(
+        encoder_layers=1, encoder_embed_dim=16, encoder_ffn_embed_dim=16,
+        encoder_attention_heads=2, conv_feature_layers="[(8, 2, 2)] * 4", conv_pos=8,
+        conv_pos_groups=2, final_dim=8, latent_vars=4, quantize_targets=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    fairseq.save_like_fairseq_signals(
+        fairseq.Wav2Vec2CMSCModel(cfg).eval(), tmp_path / "ecg_fm.pt",
+        fairseq.to_fairseq_dict(cfg, "wav2vec2_cmsc"),
+    )  # fmt: skip
+    imported = import_checkpoint("ecg_fm", tmp_path / "ecg_fm.pt", tmp_path / "ecg_fm")
+    root, out = suite["root"], tmp_path / "out"
+    assert main([
+        "benchmark", "--encoder", str(suite["encoder"]), "--encoder", str(imported),
+        "--code-test", str(root / "code_test"), "--code-train", str(root / "code"),
+        "--out", str(out), "--modes", "linear", "--fractions", "100", "--seeds", "0",
+        "--bootstrap", "20",
+    ]) == 0  # fmt: skip
+    board = json.loads((out / "leaderboard.json").read_text())
+    pretrained = {r["encoder"]: r for r in board["rows"] if r["method"] == "pretrained"}
+    assert set(pretrained) == {suite["encoder"].name, "ecg_fm"}
+    assert pretrained["ecg_fm"]["encoder_hash"] != pretrained[suite["encoder"].name]["encoder_hash"]
+    table = (out / "leaderboard.md").read_text()
+    assert "ecg_fm" in table and suite["encoder"].name in table

@@ -433,7 +433,9 @@ def test_hubert_ecg_classifier_keeps_its_head_and_label_names(tmp_path):
     model = hubert.HuBERTECGForClassification(classifier_config).eval()
     _randomise(model)
     model.save_pretrained(tmp_path / "hf")
-    encoder = ecgfm.load_encoder(import_checkpoint("hubert_ecg", tmp_path / "hf", tmp_path / "e"))
+    shared = import_checkpoint("hubert_ecg", tmp_path / "hf", tmp_path / "e", layout="safetensors")
+    assert "license: cc-by-nc-4.0\n" in (shared / "README.md").read_text()  # the Hub's tag
+    encoder = ecgfm.load_encoder(shared)
     signal = _signal(2, 500)
     with torch.no_grad():
         logits = model(_leads_end_to_end(signal)).logits.numpy()
@@ -533,6 +535,39 @@ def test_ecg_fm_conv_spec_is_parsed_without_eval():
     ):
         with pytest.raises(ValueError):
             parse_conv_layers(hostile)
+
+
+def test_cli_imports_a_bare_ecg_fm_state_dict_with_its_options_and_refuses_broken_folders(
+    tmp_path, capsys
+):
+    from ecgfm.cli import main
+
+    fairseq, pretrained, size = _ecg_fm_configs()
+    cfg = fairseq.ECGTransformerClassificationConfig(**size, num_labels=2)
+    model = fairseq.ECGTransformerClassificationModel.build_model(cfg, pretrained)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    (tmp_path / "labels.txt").write_text("AF\nnormal\n")
+    args = ["import", "ecg_fm", str(tmp_path / "bare.pt"), "--out", str(tmp_path / "enc")]
+    assert main(args) == 2
+    assert "conv_feature_layers" in capsys.readouterr().err
+    assert main([*args, "--conv-feature-layers", "[(16, 2, 2)] * 4", "--heads", "2",
+                 "--labels", str(tmp_path / "labels.txt")]) == 0  # fmt: skip
+    assert main(["inspect", str(tmp_path / "enc")]) == 0
+    shown = capsys.readouterr().out
+    assert "licence: MIT" in shown and "500 Hz, 2500 samples" in shown
+    assert ecgfm.load_encoder(tmp_path / "enc").config["label_names"] == ["AF", "normal"]
+
+    (tmp_path / "hf").mkdir()  # a HF folder without config.json, then with a broken one
+    assert main(["import", "hubert_ecg", str(tmp_path / "hf"), "--out", str(tmp_path / "h")]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    (tmp_path / "hf" / "config.json").write_text("{")
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"not safetensors")
+    assert main(["import", "hubert_ecg", str(tmp_path / "hf"), "--out", str(tmp_path / "h")]) == 2
+    assert "config.json: not valid JSON" in capsys.readouterr().err
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert main(["import", "hubert_ecg", str(tmp_path / "hf"), "--out", str(tmp_path / "h")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
 
 
 # ------------------------------------------------------------------ CLI and HF layout
