@@ -149,14 +149,14 @@ def main() -> None:
         ratios = [t / j for t, j in zip(torch_s, jax_s, strict=True)]
         params = sum(p.numel() for p in model.parameters())
         rows.append((name, params, length, statistics.median(torch_s), statistics.median(jax_s),
-                     statistics.median(ratios), error))  # fmt: skip
+                     statistics.median(ratios), min(ratios), max(ratios), error))  # fmt: skip
         print(f"done {name}", flush=True)
     print("\n| model | parameters | input | PyTorch eager s/batch | ecgfm JAX s/batch | "
-          "PyTorch / JAX | max rel. diff of outputs |")  # fmt: skip
+          "PyTorch / JAX, median [range] of rounds | max rel. diff of outputs |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for name, params, length, t, j, ratio, error in rows:
+    for name, params, length, t, j, ratio, low, high, error in rows:
         print(f"| {name} | {params / 1e6:.1f} M | {length} × 12 | {t:.3f} | {j:.3f} | "
-              f"{ratio:.2f} | {error:.1e} |")  # fmt: skip
+              f"{ratio:.2f} [{low:.2f}, {high:.2f}] | {error:.1e} |")  # fmt: skip
     print(f"\nload average after: {os.getloadavg()}")
 
 

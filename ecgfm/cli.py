@@ -192,25 +192,39 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+# The format-specific options of `ecgfm import` (keyword arguments of each format's reader).
+_IMPORT_OPTIONS = {
+    "ribeiro_torch": ("config",),
+    "ecgfounder": ("use_bn",),
+    "st_mem": ("dim_head",),
+    "ecg_fm": ("heads", "conv_feature_layers", "layer_norm_first", "label_names"),
+}
+
+
 def _import(args: argparse.Namespace) -> int:
     from ecgfm.interop import CheckpointKeyError, UnsafeCheckpointError, import_checkpoint
 
-    options = {}
-    if args.config is not None:
-        options["config"] = args.config
-    if args.use_bn is not None:
-        options["use_bn"] = args.use_bn == "true"
-    if args.dim_head is not None:
-        options["dim_head"] = args.dim_head
-    if args.heads is not None:
-        options["heads"] = args.heads
-    if args.conv_feature_layers is not None:
-        options["conv_feature_layers"] = args.conv_feature_layers
-    if args.labels is not None:
+    given = {
+        "config": args.config,
+        "use_bn": None if args.use_bn is None else args.use_bn == "true",
+        "dim_head": args.dim_head,
+        "heads": args.heads,
+        "conv_feature_layers": args.conv_feature_layers,
+        "layer_norm_first": None
+        if args.layer_norm_first is None
+        else args.layer_norm_first == "true",
+        "label_names": args.label_names,
+    }
+    options = {name: value for name, value in given.items() if value is not None}
+    if wrong := sorted(set(options) - set(_IMPORT_OPTIONS.get(args.format, ()))):
+        flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
+        print(f"ecgfm import: {flags} does not apply to {args.format}", file=sys.stderr)
+        return 2
+    if args.label_names is not None:
         try:
-            text = args.labels.read_text()
+            text = args.label_names.read_text()
         except (OSError, UnicodeDecodeError) as error:
-            print(f"ecgfm import: {args.labels}: {error}", file=sys.stderr)
+            print(f"ecgfm import: {args.label_names}: {error}", file=sys.stderr)
             return 2
         options["label_names"] = [line.strip() for line in text.splitlines() if line.strip()]
     try:
@@ -753,7 +767,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ecg_fm: the conv spec if the file has no cfg, e.g. '[(256, 2, 2)] * 4'",
     )  # fmt: skip
     p.add_argument(
-        "--labels", type=pathlib.Path, metavar="FILE",
+        "--layer-norm-first", choices=("true", "false"),
+        help="ecg_fm: pre-LN transformer, if the file's cfg does not say (ECG-FM: false)",
+    )  # fmt: skip
+    p.add_argument(
+        "--label-names", type=pathlib.Path, metavar="FILE",
         help="ecg_fm: the fine-tuned head's label names, one per line",
     )  # fmt: skip
     p.set_defaults(run=_import)

@@ -62,6 +62,12 @@ def _signal(batch: int, length: int, leads: int = 12) -> np.ndarray:
     return np.random.default_rng(0).normal(size=(batch, length, leads)).astype(np.float32)
 
 
+def _offset_signal(batch: int, length: int) -> np.ndarray:
+    """Small swings on a 5 mV offset: a norm computing the variance as E[x²] - E[x]² (Flax's
+    default) is off by ~6e-4 relative here, PyTorch's mean((x - mean)²) by ~1e-5."""
+    return _signal(batch, length) * 0.1 + 5.0
+
+
 # ---------------------------------------------------------------------- Ribeiro (PyTorch)
 
 
@@ -317,8 +323,8 @@ def test_st_mem_matches_the_original(tmp_path, with_head):
     torch.save({"model": model.state_dict(), "epoch": 0}, tmp_path / "st_mem.pth")
     out = import_checkpoint("st_mem", tmp_path / "st_mem.pth", tmp_path / "enc", dim_head=16)
     encoder = ecgfm.load_encoder(out)
-    for length in (300, 150):  # the full window, and a shorter one (right SEP keeps pos[-1])
-        signal = _signal(2, length)
+    # The full window, a shorter one (the right SEP keeps pos[-1]), an offset one.
+    for signal in (_signal(2, 300), _signal(2, 150), _offset_signal(2, 300)):
         with torch.no_grad():
             series = torch.from_numpy(signal).transpose(1, 2)
             embedding = model.forward_encoding(series).numpy()
@@ -409,8 +415,9 @@ def test_hubert_ecg_matches_the_original(tmp_path, variant):
         _rename_to_weight_g_v(tmp_path / "hf" / "model.safetensors")
     out = import_checkpoint("hubert_ecg", tmp_path / "hf", tmp_path / "enc")
     encoder = ecgfm.load_encoder(out)
-    for length in (500, 300):  # 5 s at 100 Hz per lead, as published, and a shorter window
-        signal = _signal(2, length)
+    # 5 s at 100 Hz per lead, as published; a shorter window; an offset one.
+    for signal in (_signal(2, 500), _signal(2, 300), _offset_signal(2, 500)):
+        length = signal.shape[1]
         with torch.no_grad():
             hidden = model(_leads_end_to_end(signal)).last_hidden_state.numpy()
         _close(np.asarray(encoder._run(encoder.module, signal).features_BND), hidden)
@@ -442,10 +449,23 @@ def test_hubert_ecg_classifier_keeps_its_head_and_label_names(tmp_path):
     _close(encoder.predict(signal, 100), 1 / (1 + np.exp(-logits)))  # multi_label: sigmoid
     assert encoder.config["label_names"] == names
 
-    classifier_config.classifier_hidden_size = 8  # the MLP head is refused, by its keys
+    classifier_config.task_type = "regression"  # no activation on a regression head
+    model.save_pretrained(tmp_path / "regression")
+    regression = import_checkpoint("hubert_ecg", tmp_path / "regression", tmp_path / "r")
+    _close(ecgfm.load_encoder(regression).predict(signal, 100), logits)
+
+    classifier_config.task_type = "multi_label"
+    classifier_config.classifier_hidden_size = 8  # the MLP head is refused, by its config
     hubert.HuBERTECGForClassification(classifier_config).save_pretrained(tmp_path / "mlp")
-    with pytest.raises(CheckpointKeyError, match=r"classifier\.0\.weight.*\n.*MLP"):
+    with pytest.raises(ValueError, match=r"config.json: .*MLP or label-embedding head"):
         import_checkpoint("hubert_ecg", tmp_path / "mlp", tmp_path / "e2")
+    classifier_config.classifier_hidden_size, classifier_config.use_label_embedding = None, True
+    hubert.HuBERTECGForClassification(classifier_config).save_pretrained(tmp_path / "emb")
+    config = json.loads((tmp_path / "emb" / "config.json").read_text())
+    del config["use_label_embedding"]  # and without the flag, by its keys
+    (tmp_path / "emb" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointKeyError, match=r"unexpected keys \(1\): label_embedding.weight"):
+        import_checkpoint("hubert_ecg", tmp_path / "emb", tmp_path / "e3")
 
 
 # ------------------------------------------------------------- ECG-FM (fairseq-signals)
@@ -477,8 +497,9 @@ def test_ecg_fm_pretrained_matches_the_original(tmp_path, variant):
     fairseq.save_like_fairseq_signals(model, path, fairseq.to_fairseq_dict(cfg, "wav2vec2_cmsc"))
     out = import_checkpoint("ecg_fm", path, tmp_path / "enc")
     encoder = ecgfm.load_encoder(out)
-    for length in (2500, 160):  # 5 s at 500 Hz, as published, and a short window
-        signal = _signal(2, length)
+    # 5 s at 500 Hz, as published; a short window; an offset one.
+    for signal in (_signal(2, 2500), _signal(2, 160), _offset_signal(2, 2500)):
+        length = signal.shape[1]
         with torch.no_grad():
             features = model.extract_features(torch.from_numpy(signal).transpose(1, 2)).numpy()
         _close(np.asarray(encoder._run(encoder.module, signal).features_BND), features)
@@ -515,9 +536,53 @@ def test_ecg_fm_finetuned_classifier_keeps_its_head_and_names_its_labels(tmp_pat
     torch.save(model.state_dict(), tmp_path / "bare.pt")
     with pytest.raises(ValueError, match="conv_feature_layers"):
         import_checkpoint("ecg_fm", tmp_path / "bare.pt", tmp_path / "bare")
-    bare = import_checkpoint("ecg_fm", tmp_path / "bare.pt", tmp_path / "bare",
-                             conv_feature_layers="[(16, 2, 2)] * 4", heads=2)  # fmt: skip
+    architecture = {"conv_feature_layers": "[(16, 2, 2)] * 4", "heads": 2,
+                    "layer_norm_first": False}  # fmt: skip
+    bare = import_checkpoint("ecg_fm", tmp_path / "bare.pt", tmp_path / "bare", **architecture)
     _close(ecgfm.load_encoder(bare).predict(signal, 500), 1 / (1 + np.exp(-logits)))
+
+
+def test_ecg_fm_fine_tuned_encoder_is_built_from_the_nested_pretrained_config(tmp_path):
+    """fairseq-signals builds a fine-tuned classifier's encoder from the pre-trained model's
+    config (`cfg.model.args`); the fine-tuning section keeps the defaults (here post-LN)."""
+    fairseq, pretrained, size = _ecg_fm_configs(layer_norm_first=True)
+    cfg = fairseq.ECGTransformerClassificationConfig(**size, num_labels=3)
+    torch.manual_seed(0)
+    model = fairseq.ECGTransformerClassificationModel.build_model(cfg, pretrained).eval()
+    _randomise(model)
+    cfg_model = fairseq.to_fairseq_dict(cfg, "ecg_transformer_classifier")
+    cfg_model["args"] = {"model": fairseq.to_fairseq_dict(pretrained, "wav2vec2_cmsc")}
+    fairseq.save_like_fairseq_signals(model, tmp_path / "ft.pt", cfg_model)
+    encoder = ecgfm.load_encoder(import_checkpoint("ecg_fm", tmp_path / "ft.pt", tmp_path / "e"))
+    assert encoder.config["hparams"]["layer_norm_first"] is True
+    assert any("differ on layer_norm_first" in n for n in encoder.config["preprocessing_notes"])
+    signal = _signal(2, 2500)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(signal).transpose(1, 2)).numpy()
+    _close(encoder.predict(signal, 500), 1 / (1 + np.exp(-logits)))
+
+
+def test_ecg_fm_older_layout_and_damaged_weight_norm(tmp_path):
+    """The ConvTransformer layout keeps the position conv at `encoder.pos_conv.0`; a magnitude
+    g of the wrong shape is a key error naming it, not a silently broadcast kernel."""
+    fairseq, cfg, _ = _ecg_fm_configs()
+    torch.manual_seed(0)
+    model = fairseq.Wav2Vec2CMSCModel(cfg).eval()
+    _randomise(model)
+    state = {k.replace("conv_pos.pos_conv.0", "encoder.pos_conv.0"): v
+             for k, v in model.state_dict().items()}  # fmt: skip
+    checkpoint = {"cfg": {"model": fairseq.to_fairseq_dict(cfg, "wav2vec2_cmsc")}, "model": state}
+    torch.save(checkpoint, tmp_path / "old.pt")
+    encoder = ecgfm.load_encoder(import_checkpoint("ecg_fm", tmp_path / "old.pt", tmp_path / "e"))
+    signal = _signal(2, 320)
+    with torch.no_grad():
+        features = model.extract_features(torch.from_numpy(signal).transpose(1, 2)).numpy()
+    _close(np.asarray(encoder._run(encoder.module, signal).features_BND), features)
+
+    state["encoder.pos_conv.0.weight_g"] = torch.ones(32, 1, 1)  # weight norm over dim 0
+    torch.save(checkpoint, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointKeyError, match=r"encoder.pos_conv.0.weight_g is \[32, 1, 1\]"):
+        import_checkpoint("ecg_fm", tmp_path / "bad.pt", tmp_path / "bad")
 
 
 def test_ecg_fm_conv_spec_is_parsed_without_eval():
@@ -528,6 +593,8 @@ def test_ecg_fm_conv_spec_is_parsed_without_eval():
         (512, 10, 5), (512, 3, 2), (512, 3, 2)
     ]  # fmt: skip
     for hostile in (
+        "[(1, 2, 3)] * 64 * 64 * 64 * 64",
+        "[(1, 2, 3)] * 65",
         "__import__('os').system('true')",
         "[(1, 2)]",
         "[(1, 2, 3)] * 10**9",
@@ -550,8 +617,14 @@ def test_cli_imports_a_bare_ecg_fm_state_dict_with_its_options_and_refuses_broke
     args = ["import", "ecg_fm", str(tmp_path / "bare.pt"), "--out", str(tmp_path / "enc")]
     assert main(args) == 2
     assert "conv_feature_layers" in capsys.readouterr().err
-    assert main([*args, "--conv-feature-layers", "[(16, 2, 2)] * 4", "--heads", "2",
-                 "--labels", str(tmp_path / "labels.txt")]) == 0  # fmt: skip
+    assert main([*args, "--heads", "2"]) == 2
+    assert "conv_feature_layers, layer_norm_first" in capsys.readouterr().err
+    architecture = ["--conv-feature-layers", "[(16, 2, 2)] * 4", "--heads", "2",
+                    "--layer-norm-first", "false"]  # fmt: skip
+    names = ["--label-names", str(tmp_path / "labels.txt")]
+    assert main(["import", "st_mem", str(tmp_path / "bare.pt"), "--out", "x", *names]) == 2
+    assert "--label-names does not apply to st_mem" in capsys.readouterr().err
+    assert main([*args, *architecture, *names]) == 0
     assert main(["inspect", str(tmp_path / "enc")]) == 0
     shown = capsys.readouterr().out
     assert "licence: MIT" in shown and "500 Hz, 2500 samples" in shown

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from ecgfm import models
-from ecgfm.interop.keys import check_state_dict
+from ecgfm.interop.keys import CheckpointKeyError, check_state_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +37,20 @@ class Entry:
     key: str
     path: tuple[Any, ...]
     kind: str = "copy"
+
+
+def linear_entries(key: str, path: tuple[Any, ...], bias: bool = True) -> list[Entry]:
+    """A PyTorch `nn.Linear` at `key` → the Flax `nnx.Linear` at `path` (under "params")."""
+    out = [Entry(f"{key}.weight", ("params", *path, "kernel"), "linear")]
+    return out + ([Entry(f"{key}.bias", ("params", *path, "bias"))] if bias else [])
+
+
+def norm_entries(key: str, path: tuple[Any, ...]) -> list[Entry]:
+    """A PyTorch LayerNorm/GroupNorm at `key` → the Flax norm's scale and bias at `path`."""
+    return [
+        Entry(f"{key}.weight", ("params", *path, "scale")),
+        Entry(f"{key}.bias", ("params", *path, "bias")),
+    ]
 
 
 def abstract_classifier(
@@ -159,7 +173,9 @@ WEIGHT_NORM_NAMES = (
 )
 
 
-def fold_weight_norm(state: dict[str, np.ndarray], module: str, dim: int) -> dict[str, np.ndarray]:
+def fold_weight_norm(
+    state: dict[str, np.ndarray], module: str, dim: int, source: str
+) -> dict[str, np.ndarray]:
     """`state` with `module`'s weight-normalised weight as one `<module>.weight`: g · v / ‖v‖,
     the norm taken over every axis but `dim` (PyTorch `weight_norm(dim=dim)`), in float64.
 
@@ -171,6 +187,12 @@ def fold_weight_norm(state: dict[str, np.ndarray], module: str, dim: int) -> dic
         if g_key in state and v_key in state:
             g = np.asarray(state[g_key], np.float64)
             v = np.asarray(state[v_key], np.float64)
+            expected = tuple(n if a == dim else 1 for a, n in enumerate(v.shape))
+            if g.shape != expected:
+                raise CheckpointKeyError(
+                    source, [], [], [(g_key, g.shape, expected)],
+                    f"weight_norm(dim={dim}) keeps one magnitude per index of {v_key}'s axis {dim}",
+                )  # fmt: skip
             axes = tuple(a for a in range(v.ndim) if a != dim)
             norm = np.sqrt(np.sum(v * v, axis=axes, keepdims=True))
             folded = {k: a for k, a in state.items() if k not in (g_key, v_key)}

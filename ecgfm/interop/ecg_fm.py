@@ -16,17 +16,21 @@ Accepted, as bowang-lab/ECG-FM publishes them (wanglab/ecg-fm on Hugging Face):
   `encoder.`, the head `proj`, which is kept. Its 17 outputs are named by ECG-FM's
   MIMIC-IV-ECG label list when the head has 17 outputs (pass `label_names` otherwise).
 
-Read from `cfg["model"]` (or the nested pre-trained config a fine-tuned one carries):
-the conv strides (`conv_feature_layers`, a Python-literal string parsed without eval),
-`encoder_attention_heads` and `layer_norm_first`; everything else from the shapes. The
-position convolution may sit at `conv_pos.pos_conv.0` (ECGTransformer layout) or
-`encoder.pos_conv.0` (older ConvTransformer layout), weight-normalised under either PyTorch
-naming; it is folded into one kernel.
+Read from the model config: the conv strides (`conv_feature_layers`, a Python-literal string
+parsed without eval), `encoder_attention_heads` and `layer_norm_first`; everything else from
+the shapes. A fine-tuned file's encoder is read as fairseq-signals builds it, from the
+pre-trained config nested in `cfg.model.args` when present (the fine-tuning section holds
+defaults). A bare state_dict has no config: pass all three (`conv_feature_layers`, `heads`,
+`layer_norm_first`). The position convolution may sit at `conv_pos.pos_conv.0`
+(ECGTransformer layout) or `encoder.pos_conv.0` (older ConvTransformer layout),
+weight-normalised under either PyTorch naming (folded into one kernel) or already folded.
+A fine-tuned head's activation follows its criterion (`cfg.criterion._name`).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import pathlib
 import re
 from collections.abc import Sequence
@@ -35,14 +39,44 @@ from typing import Any
 import numpy as np
 
 from ecgfm.data.preprocessing import Preprocessing
+from ecgfm.interop import wav2vec2
 from ecgfm.interop.base import Imported, sha256
-from ecgfm.interop.convert import Entry, abstract_classifier, fill, fold_weight_norm
+from ecgfm.interop.convert import fold_weight_norm
 from ecgfm.interop.keys import architecture_key_error
 from ecgfm.interop.torch_file import find_state_dict, read_torch_checkpoint
 
 _PRETRAINING_ONLY = ("mask_emb", "quantizer.", "project_q.", "final_proj.", "target_glu.")
 _POS_CONV_MODULES = ("conv_pos.pos_conv.0", "encoder.pos_conv.0")
-_MAX_REPEAT = 64
+_MAX_LAYERS = 64
+# What the encoder is built from, in a fairseq-signals model config.
+_ARCHITECTURE_FIELDS = (
+    "conv_feature_layers", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
+    "encoder_attention_heads", "layer_norm_first", "extractor_mode", "in_d", "conv_bias",
+    "conv_pos", "conv_pos_groups",
+)  # fmt: skip
+# fairseq-signals criterions for the classifier → what turns its logits into predictions.
+CRITERION_ACTIVATIONS = {
+    "binary_cross_entropy_with_logits": "sigmoid",  # ECG-FM's fine-tuning (diagnosis.yaml)
+    "binary_cross_entropy": "sigmoid",
+    "cross_entropy": "softmax",
+    "mse": "none",
+}
+KEYS = wav2vec2.Wav2Vec2Keys(
+    conv="feature_extractor.conv_layers.{i}.0",
+    group_norm="feature_extractor.conv_layers.{i}.2",
+    layer_norm="feature_extractor.conv_layers.{i}.2.1",
+    feature_norm="layer_norm",
+    projection="post_extract_proj",
+    pos_conv=_POS_CONV_MODULES[0],
+    encoder_norm="encoder.layer_norm",
+    layer="encoder.layers.{i}",
+    layer_attention="self_attn",
+    layer_attn_norm="self_attn_layer_norm",
+    layer_fc1="fc1",
+    layer_fc2="fc2",
+    layer_ff_norm="final_layer_norm",
+    head="proj",
+)
 _HINT = "expected fairseq-signals wav2vec2 / ECGTransformer keys (ECG-FM)"
 # bowang-lab/ECG-FM data/mimic_iv_ecg/labels/label_def.csv, in the fine-tuned head's order.
 MIMIC_IV_ECG_LABELS = (
@@ -68,7 +102,8 @@ MIMIC_IV_ECG_LABELS = (
 
 def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
     """fairseq's `conv_feature_layers` string, e.g. "[(256, 2, 2)] * 4", without `eval`:
-    only list/tuple literals of integers joined by `+` and `* n` (n ≤ 64) are accepted."""
+    only list/tuple literals of integers joined by `+` and `* n` are accepted, and at most
+    64 layers."""
 
     def value(node: ast.AST) -> Any:
         if isinstance(node, ast.Constant) and isinstance(node.value, int):
@@ -79,10 +114,13 @@ def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Mult):
             left, right = value(node.left), value(node.right)
             if isinstance(node.op, ast.Mult) and not (
-                isinstance(right, int) and 0 <= right <= _MAX_REPEAT and isinstance(left, list)
+                isinstance(left, list) and isinstance(right, int) and 0 <= right <= _MAX_LAYERS
             ):
-                raise ValueError(f"conv_feature_layers {spec!r}: only `[...] * n`, n ≤ 64")
-            return left + right if isinstance(node.op, ast.Add) else left * right
+                raise ValueError(f"conv_feature_layers {spec!r}: only `[...] * n` is supported")
+            result = left + right if isinstance(node.op, ast.Add) else left * right
+            if isinstance(result, list) and len(result) > _MAX_LAYERS:
+                raise ValueError(f"conv_feature_layers {spec!r}: more than {_MAX_LAYERS} layers")
+            return result
         raise ValueError(f"conv_feature_layers {spec!r}: unsupported expression")
 
     try:
@@ -96,19 +134,31 @@ def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
     return layers
 
 
-def _model_cfg(checkpoint: Any) -> dict[str, Any]:
-    """The model section that holds `conv_feature_layers` (a fine-tuned checkpoint nests the
-    pre-trained one's config), or {} when the file has no config."""
+def model_config(checkpoint: Any) -> tuple[dict[str, Any], list[str]]:
+    """(the model section the encoder was built from, notes), or ({}, []) without a config.
+
+    A fine-tuned classifier's `cfg.model` inherits every architecture field with its default,
+    while fairseq-signals builds its encoder from the pre-trained model's config, stored in
+    `cfg.model.args` (`TransformerModel.from_pretrained`): that one is used when present.
+    """
     cfg = checkpoint.get("cfg") if isinstance(checkpoint, dict) else None
-    queue = [cfg.get("model")] if isinstance(cfg, dict) else []
-    while queue:
-        section = queue.pop(0)
-        if not isinstance(section, dict):
-            continue
-        if "conv_feature_layers" in section:
-            return section
-        queue += [v for v in section.values() if isinstance(v, dict)]
-    return {}
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(model, dict):
+        return {}, []
+    args = model.get("args")
+    nested = args.get("model") if isinstance(args, dict) else None
+    if not isinstance(nested, dict) or "conv_feature_layers" not in nested:
+        return model, []
+    differ = sorted(
+        k for k in _ARCHITECTURE_FIELDS if k in model and k in nested and model[k] != nested[k]
+    )
+    notes = [
+        "Architecture from the pre-trained config nested in the fine-tuned one (cfg.model.args."
+        "model), which fairseq-signals builds the encoder from"
+        + (f"; the fine-tuning section's defaults differ on {', '.join(differ)}" if differ else "")
+        + "."
+    ]
+    return nested, notes
 
 
 def _strip_finetuning_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -118,82 +168,86 @@ def _strip_finetuning_prefix(state: dict[str, np.ndarray]) -> dict[str, np.ndarr
     return {k if k.startswith("proj.") else k.removeprefix("encoder."): v for k, v in state.items()}
 
 
+def _pos_conv_module(state: dict[str, np.ndarray]) -> str:
+    for module in _POS_CONV_MODULES:
+        if any(k.startswith(f"{module}.") for k in state):
+            return module
+    return _POS_CONV_MODULES[0]  # reported missing with the other key problems
+
+
+def _pos_conv_shape(state: dict[str, np.ndarray], module: str) -> tuple[int, int, int]:
+    """[width, width / groups, taps] of the position conv, folded or weight-normalised."""
+    for name in ("weight", "weight_v", "parametrizations.weight.original1"):
+        if f"{module}.{name}" in state:
+            shape = np.shape(state[f"{module}.{name}"])
+            if len(shape) != 3:
+                raise ValueError(f"{module}.{name} has shape {list(shape)}, not [D, D/groups, K]")
+            return tuple(int(n) for n in shape)
+    raise KeyError(f"{module}.weight_v")
+
+
 def infer_hparams(
-    state: dict[str, np.ndarray], cfg: dict[str, Any], *, heads: int | None = None
+    state: dict[str, np.ndarray],
+    cfg: dict[str, Any],
+    *,
+    heads: int | None = None,
+    layer_norm_first: bool | None = None,
 ) -> dict[str, Any]:
     """`wav2vec2` hyperparameters from the state_dict's shapes and the model config."""
-    if "conv_feature_layers" not in cfg:
+    missing = [
+        option
+        for option, given in (("conv_feature_layers", None), ("encoder_attention_heads", heads),
+                              ("layer_norm_first", layer_norm_first))
+        if option not in cfg and given is None
+    ]  # fmt: skip
+    if missing:
         raise ValueError(
-            "the checkpoint has no cfg.model.conv_feature_layers, and the conv strides cannot "
-            "be read from the shapes; pass conv_feature_layers (ECG-FM: '[(256, 2, 2)] * 4')"
+            f"the checkpoint's config does not give {', '.join(missing)}, which the shapes "
+            "cannot tell; pass them (ECG-FM: conv_feature_layers='[(256, 2, 2)] * 4', "
+            "heads=12, layer_norm_first=False)"
         )
     conv_layers = parse_conv_layers(str(cfg["conv_feature_layers"]))
+    stored = len({k.split(".")[2] for k in state if k.startswith("feature_extractor.conv_layers.")})
+    if stored != len(conv_layers):
+        raise ValueError(
+            f"conv_feature_layers has {len(conv_layers)} layers, the state_dict {stored}"
+        )
     first = state["feature_extractor.conv_layers.0.0.weight"]
-    pos_module = next(m for m in _POS_CONV_MODULES if f"{m}.bias" in state)
-    v_key = next(k for k in state if k.startswith(pos_module) and k.endswith(("_v", "original1")))
-    width, per_group, conv_pos = (int(n) for n in state[v_key].shape)
+    width, per_group, conv_pos = _pos_conv_shape(state, _pos_conv_module(state))
     depth = len({m[1] for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
-    layer_norm_mode = "feature_extractor.conv_layers.0.2.1.weight" in state
     return {
         "input_layout": "leads_as_channels",
         "num_leads": int(first.shape[1]),
         "conv_layers": [list(layer) for layer in conv_layers],
         "conv_bias": "feature_extractor.conv_layers.0.0.bias" in state,
-        "extractor_norm": "layer" if layer_norm_mode else "group",
+        "extractor_norm": "layer"
+        if "feature_extractor.conv_layers.0.2.1.weight" in state
+        else "group",
         "feature_norm": True,
         "project_features": "post_extract_proj.weight" in state,
         "width": width,
         "depth": depth,
-        "heads": int(heads or cfg.get("encoder_attention_heads", 12)),
+        "heads": int(heads if heads is not None else cfg["encoder_attention_heads"]),
         "mlp_dim": int(state["encoder.layers.0.fc1.weight"].shape[0]),
         "conv_pos": conv_pos,
         "conv_pos_groups": width // per_group,
-        "layer_norm_first": bool(cfg.get("layer_norm_first", False)),
+        "layer_norm_first": bool(
+            layer_norm_first if layer_norm_first is not None else cfg["layer_norm_first"]
+        ),
         "layer_norm_eps": 1e-5,
     }
 
 
-def _entries(hparams: dict, pos_module: str, with_head: bool) -> list[Entry]:
-    def linear(key, path):
-        return [
-            Entry(f"{key}.weight", ("params", *path, "kernel"), "linear"),
-            Entry(f"{key}.bias", ("params", *path, "bias")),
-        ]
-
-    def norm(key, path):
-        return [
-            Entry(f"{key}.weight", ("params", *path, "scale")),
-            Entry(f"{key}.bias", ("params", *path, "bias")),
-        ]
-
-    enc = ("encoder",)
-    entries = []
-    for i in range(len(hparams["conv_layers"])):
-        key = f"feature_extractor.conv_layers.{i}"
-        entries.append(Entry(f"{key}.0.weight", ("params", *enc, "convs", i, "kernel"), "conv"))
-        if hparams["conv_bias"]:
-            entries.append(Entry(f"{key}.0.bias", ("params", *enc, "convs", i, "bias")))
-        if hparams["extractor_norm"] == "layer":
-            entries += norm(f"{key}.2.1", (*enc, "conv_norms", i))
-        elif i == 0:
-            entries += norm(f"{key}.2", (*enc, "conv_norms", 0))
-    entries += norm("layer_norm", (*enc, "feature_norm"))
-    if hparams["project_features"]:
-        entries += linear("post_extract_proj", (*enc, "feature_projection"))
-    entries += [
-        Entry(f"{pos_module}.weight", ("params", *enc, "pos_conv", "kernel"), "conv"),
-        Entry(f"{pos_module}.bias", ("params", *enc, "pos_conv", "bias")),
-    ]
-    entries += norm("encoder.layer_norm", (*enc, "encoder_norm"))
-    for i in range(hparams["depth"]):
-        key, path = f"encoder.layers.{i}", (*enc, "layers", i)
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            entries += linear(f"{key}.self_attn.{name}", (*path, name))
-        entries += norm(f"{key}.self_attn_layer_norm", (*path, "attn_norm"))
-        entries += linear(f"{key}.fc1", (*path, "fc1"))
-        entries += linear(f"{key}.fc2", (*path, "fc2"))
-        entries += norm(f"{key}.final_layer_norm", (*path, "ff_norm"))
-    return entries + (linear("proj", ("head", "dense")) if with_head else [])
+def _activation(checkpoint: Any) -> tuple[str, str]:
+    """(activation, why) of a fine-tuned head, from the criterion it was trained with."""
+    cfg = checkpoint.get("cfg") if isinstance(checkpoint, dict) else None
+    criterion = cfg.get("criterion") if isinstance(cfg, dict) else None
+    name = criterion.get("_name") if isinstance(criterion, dict) else None
+    if name is None:
+        return "sigmoid", "no criterion recorded; ECG-FM's heads are multi-label"
+    if name not in CRITERION_ACTIVATIONS:
+        return "none", f"criterion {name!r} is not known here, so the outputs are raw"
+    return CRITERION_ACTIVATIONS[name], f"trained with fairseq-signals' {name}"
 
 
 def read(
@@ -201,37 +255,37 @@ def read(
     *,
     conv_feature_layers: str | None = None,
     heads: int | None = None,
+    layer_norm_first: bool | None = None,
     label_names: Sequence[str] | None = None,
 ) -> Imported:
     """An ECG-FM (fairseq-signals) `.pt` checkpoint, pre-trained or fine-tuned.
 
-    `conv_feature_layers` and `heads` override the file's config (needed only for a bare
-    state_dict); `label_names` names the fine-tuned head's outputs.
+    `conv_feature_layers`, `heads` and `layer_norm_first` override the file's config (a bare
+    state_dict needs all three); `label_names` names the fine-tuned head's outputs.
     """
     src = pathlib.Path(src)
     checkpoint = read_torch_checkpoint(src)
     state = _strip_finetuning_prefix(find_state_dict(checkpoint, ("model", "state_dict")))
     dropped = sorted(k for k in state if k.startswith(_PRETRAINING_ONLY))
     state = {k: v for k, v in state.items() if k not in dropped}
-    cfg = _model_cfg(checkpoint)
+    cfg, notes = model_config(checkpoint)
     if conv_feature_layers is not None:
         cfg = cfg | {"conv_feature_layers": conv_feature_layers}
-    try:
-        hparams = infer_hparams(state, cfg, heads=heads)
-    except (KeyError, StopIteration) as error:
-        missing = error if isinstance(error, KeyError) else KeyError("conv_pos.pos_conv.0.bias")
-        raise architecture_key_error(str(src), missing, state, _HINT) from None
-    pos_module = next(m for m in _POS_CONV_MODULES if f"{m}.bias" in state)
-    state = fold_weight_norm(state, pos_module, 2)
-    with_head = "proj.weight" in state
-    num_classes = int(state["proj.weight"].shape[0]) if with_head else 1
-    params, model_state = abstract_classifier("wav2vec2", hparams, num_classes)
-    if not with_head:
-        params = {"encoder": params["encoder"]}
-    params, model_state = fill(
-        state, _entries(hparams, pos_module, with_head), params, model_state, str(src), hint=_HINT
+    keys = dataclasses.replace(KEYS, pos_conv=_pos_conv_module(state))
+    state = fold_weight_norm(state, keys.pos_conv, 2, str(src))
+
+    def architecture() -> dict[str, Any]:
+        try:
+            return infer_hparams(state, cfg, heads=heads, layer_norm_first=layer_norm_first)
+        except KeyError as error:
+            raise architecture_key_error(str(src), error, state, _HINT) from None
+
+    hparams, params, model_state, head_params, num_classes = wav2vec2.read_arrays(
+        state, architecture, keys, str(src), _HINT
     )
-    notes = [
+    with_head = head_params is not None
+    activation, trained_with = _activation(checkpoint) if with_head else ("none", "")
+    notes += [
         "500 Hz, 2500 samples (5 s), leads I, II, III, aVR, aVL, aVF, V1–V6, no filter: "
         "ECG-FM notebooks/infer_quickstart.ipynb (ecg-transform: reorder leads, "
         "`LinearResample(500)`, `Standardize()`, `SegmentNonoverlapping(2500)`) and "
@@ -247,8 +301,6 @@ def read(
         "count of non-zero entries per feature, which equals the mean unless an output is "
         "exactly zero.",
     ]
-    if hparams["heads"] == 12 and "encoder_attention_heads" not in cfg and heads is None:
-        notes.append("Attention heads: 12, fairseq-signals' default (the file's config has none).")
     if with_head and label_names is None and num_classes == len(MIMIC_IV_ECG_LABELS):
         label_names = MIMIC_IV_ECG_LABELS
         notes.append(
@@ -261,14 +313,14 @@ def read(
     return Imported(
         model="wav2vec2",
         hparams=hparams,
-        params=params["encoder"],
-        model_state=model_state.get("encoder", {}),
-        head_params=params["head"] if with_head else None,
+        params=params,
+        model_state=model_state,
+        head_params=head_params,
         head={
             "num_classes": num_classes,
-            "activation": "sigmoid",
-            "meaning": f"the fine-tuned classifier's {num_classes} label probabilities "
-            "(multi-label: fairseq-signals trains it with binary cross-entropy on logits)",
+            "activation": activation,
+            "meaning": f"the fine-tuned classifier's {num_classes} outputs ({activation} "
+            f"applied; {trained_with})",
         }
         if with_head
         else None,

@@ -6,11 +6,12 @@ end to end (Edoar-do/HuBERT-ECG `hubert_ecg/dataset.py`: `reshape(-1)`). Every
 hyperparameter comes from `config.json` (fields left out there take `HubertConfig`'s
 defaults, as transformers does). Accepted:
 
-- a pre-trained model (`HuBERTECG`): its `final_proj.*`, `label_embedding.*` and
+- a pre-trained model (`HuBERTECG`): its `final_proj.N.*`, `label_embedding.N.*` and
   `masked_spec_embed` serve pre-training only; they are dropped and listed in the card;
 - a fine-tuned `HuBERTECGForClassification` with the linear head (`hubert_ecg.*` +
-  `classifier.weight/bias`): the head is kept. Its MLP and label-embedding heads are not
-  supported (their keys are reported as unexpected).
+  `classifier.weight/bias`): the head is kept, its activation from `task_type`
+  (multi_label: sigmoid, multi_class: softmax, regression: none). Its MLP and
+  label-embedding heads are refused (by `config.json`, else by their keys).
 
 The position convolution's weight norm may be stored either way PyTorch names it
 (`weight_g`/`weight_v`, or `parametrizations.weight.original0/1`); both are folded into one
@@ -22,13 +23,15 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from typing import Any
 
 import numpy as np
 
 from ecgfm.data.preprocessing import Preprocessing
+from ecgfm.interop import wav2vec2
 from ecgfm.interop.base import Imported, sha256
-from ecgfm.interop.convert import Entry, abstract_classifier, fill, fold_weight_norm
+from ecgfm.interop.convert import fold_weight_norm
 from ecgfm.interop.torch_file import find_state_dict, read_torch_checkpoint
 
 # transformers' HubertConfig defaults: `save_pretrained` writes only the fields that differ.
@@ -51,9 +54,32 @@ HUBERT_DEFAULTS: dict[str, Any] = {
     "layer_norm_eps": 1e-5,
     "conv_pos_batch_norm": False,
 }
-_PRETRAINING_ONLY = ("final_proj.", "label_embedding.", "masked_spec_embed")
+# Pre-training only: `HuBERTECG`'s per-codebook `final_proj.N` and `label_embedding.N`, and
+# HubertModel's mask embedding (a classifier's own `label_embedding.weight` is not one of them).
+_PRETRAINING_ONLY = re.compile(r"(final_proj|label_embedding)\.\d+\.|masked_spec_embed$")
 _POS_CONV = "encoder.pos_conv_embed.conv"
-_HINT = "expected transformers HubertModel keys (HuBERT-ECG), optionally under `hubert_ecg.`"
+KEYS = wav2vec2.Wav2Vec2Keys(
+    conv="feature_extractor.conv_layers.{i}.conv",
+    group_norm="feature_extractor.conv_layers.{i}.layer_norm",
+    layer_norm="feature_extractor.conv_layers.{i}.layer_norm",
+    feature_norm="feature_projection.layer_norm",
+    projection="feature_projection.projection",
+    pos_conv=_POS_CONV,
+    encoder_norm="encoder.layer_norm",
+    layer="encoder.layers.{i}",
+    layer_attention="attention",
+    layer_attn_norm="layer_norm",
+    layer_fc1="feed_forward.intermediate_dense",
+    layer_fc2="feed_forward.output_dense",
+    layer_ff_norm="final_layer_norm",
+    head="classifier",
+)
+# HuBERTECGClassificationConfig.task_type → what turns the head's outputs into predictions.
+ACTIVATIONS = {"multi_label": "sigmoid", "multi_class": "softmax", "regression": "none"}
+_HINT = (
+    "expected transformers HubertModel keys (HuBERT-ECG), optionally under `hubert_ecg.`, and "
+    "the linear `classifier` (the MLP and label-embedding heads are not supported)"
+)
 _LICENSE = (
     "CC BY-NC 4.0 (code: Edoar-do/HuBERT-ECG README and pyproject.toml; weights: the "
     "Hugging Face model cards): non-commercial use only"
@@ -83,7 +109,8 @@ def _read_state(weights: pathlib.Path) -> dict[str, np.ndarray]:
 
         try:
             return load_file(str(weights))
-        except (SafetensorError, OSError) as error:
+        except (SafetensorError, OSError, TypeError) as error:
+            # TypeError: a dtype numpy lacks (bfloat16); such files are not published.
             raise ValueError(f"{weights}: not a readable safetensors file ({error})") from None
     return find_state_dict(read_torch_checkpoint(weights), ("state_dict", "model"))
 
@@ -131,47 +158,6 @@ def infer_hparams(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _entries(hparams: dict, with_head: bool) -> list[Entry]:
-    def linear(key, path):
-        return [
-            Entry(f"{key}.weight", ("params", *path, "kernel"), "linear"),
-            Entry(f"{key}.bias", ("params", *path, "bias")),
-        ]
-
-    def norm(key, path):
-        return [
-            Entry(f"{key}.weight", ("params", *path, "scale")),
-            Entry(f"{key}.bias", ("params", *path, "bias")),
-        ]
-
-    enc = ("encoder",)
-    entries = []
-    for i in range(len(hparams["conv_layers"])):
-        key = f"feature_extractor.conv_layers.{i}"
-        entries.append(Entry(f"{key}.conv.weight", ("params", *enc, "convs", i, "kernel"), "conv"))
-        if hparams["conv_bias"]:
-            entries.append(Entry(f"{key}.conv.bias", ("params", *enc, "convs", i, "bias")))
-        if i == 0 or hparams["extractor_norm"] == "layer":
-            entries += norm(f"{key}.layer_norm", (*enc, "conv_norms", i))
-    if hparams["feature_norm"]:
-        entries += norm("feature_projection.layer_norm", (*enc, "feature_norm"))
-    entries += linear("feature_projection.projection", (*enc, "feature_projection"))
-    entries += [
-        Entry(f"{_POS_CONV}.weight", ("params", *enc, "pos_conv", "kernel"), "conv"),
-        Entry(f"{_POS_CONV}.bias", ("params", *enc, "pos_conv", "bias")),
-    ]
-    entries += norm("encoder.layer_norm", (*enc, "encoder_norm"))
-    for i in range(hparams["depth"]):
-        key, path = f"encoder.layers.{i}", (*enc, "layers", i)
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            entries += linear(f"{key}.attention.{name}", (*path, name))
-        entries += norm(f"{key}.layer_norm", (*path, "attn_norm"))
-        entries += linear(f"{key}.feed_forward.intermediate_dense", (*path, "fc1"))
-        entries += linear(f"{key}.feed_forward.output_dense", (*path, "fc2"))
-        entries += norm(f"{key}.final_layer_norm", (*path, "ff_norm"))
-    return entries + (linear("classifier", ("head", "dense")) if with_head else [])
-
-
 def _label_names(config: dict, num_classes: int) -> list[str]:
     """`id2label`'s names in output order, unless they are transformers' LABEL_i placeholders."""
     id2label = config.get("id2label") or {}
@@ -195,38 +181,37 @@ def read(src: str | pathlib.Path) -> Imported:
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
     state = _read_state(weights)
-    with_head = "classifier.weight" in state
-    if with_head or any(k.startswith("hubert_ecg.") for k in state):
+    if config.get("use_label_embedding") or config.get("classifier_hidden_size"):
+        raise ValueError(
+            f"{config_path}: a HuBERT-ECG classifier with an MLP or label-embedding head "
+            "(classifier_hidden_size / use_label_embedding); only the linear head is supported"
+        )
+    if "classifier.weight" in state or any(k.startswith("hubert_ecg.") for k in state):
         state = {k.removeprefix("hubert_ecg."): v for k, v in state.items()}
-    dropped = sorted(k for k in state if k.startswith(_PRETRAINING_ONLY))
-    state = fold_weight_norm({k: v for k, v in state.items() if k not in dropped}, _POS_CONV, 2)
-    hparams = infer_hparams(config)
-    num_classes = int(state["classifier.weight"].shape[0]) if with_head else 1
-    params, model_state = abstract_classifier("wav2vec2", hparams, num_classes)
-    if not with_head:
-        params = {"encoder": params["encoder"]}
-    hint = _HINT + (
-        "; the MLP and label-embedding classification heads are not supported"
-        if any(k.startswith(("classifier.0.", "label_embedding.weight")) for k in state)
-        else ""
+    dropped = sorted(k for k in state if _PRETRAINING_ONLY.match(k))
+    state = {k: v for k, v in state.items() if k not in dropped}
+    state = fold_weight_norm(state, _POS_CONV, 2, str(weights))
+    task_type = config.get("task_type", "multi_label")
+    if task_type not in ACTIVATIONS:
+        raise ValueError(
+            f"{config_path}: unknown task_type {task_type!r}; known: {list(ACTIVATIONS)}"
+        )
+    hparams, params, model_state, head_params, num_classes = wav2vec2.read_arrays(
+        state, lambda: infer_hparams(config), KEYS, str(weights), _HINT
     )
-    params, model_state = fill(
-        state, _entries(hparams, with_head), params, model_state, str(weights), hint=hint
-    )
-    multi_label = config.get("task_type", "multi_label") != "multi_class"
+    with_head = head_params is not None
     rate, seconds = 100, 5
     return Imported(
         model="wav2vec2",
         hparams=hparams,
-        params=params["encoder"],
-        model_state=model_state.get("encoder", {}),
-        head_params=params["head"] if with_head else None,
+        params=params,
+        model_state=model_state,
+        head_params=head_params,
         head={
             "num_classes": num_classes,
-            "activation": "sigmoid" if multi_label else "softmax",
-            "meaning": f"the fine-tuned classifier's {num_classes} outputs "
-            + ("(multi-label: sigmoid)" if multi_label else "(multi-class: softmax)")
-            + " on the mean of the last hidden state",
+            "activation": ACTIVATIONS[task_type],
+            "meaning": f"the fine-tuned classifier's {num_classes} outputs ({task_type}: "
+            f"{ACTIVATIONS[task_type]}) on the mean of the last hidden state",
         }
         if with_head
         else None,
@@ -243,10 +228,12 @@ def read(src: str | pathlib.Path) -> Imported:
             "concatenation). ecgfm resamples each lead to 100 Hz (polyphase), so the samples "
             "next to a lead boundary differ slightly from the original's, whose decimation "
             "filter runs across the boundary.",
-            "Filter: HuBERT-ECG's `ecg_preprocessing` (code/utils.py) band-passes 0.05–47 Hz "
-            "with a 151-tap Hamming FIR applied forward-backward at 500 Hz (biosppy "
-            "`filter_signal`); ecgfm applies a zero-phase Butterworth band-pass with the same "
-            "corners at 100 Hz: the pass band matches, the roll-off does not exactly.",
+            "Filter: HuBERT-ECG's `ecg_preprocessing` (code/utils.py at a8af142) band-passes "
+            "0.05–47 Hz with a 151-tap Hamming FIR applied forward-backward at 500 Hz (biosppy "
+            "`filter_signal`; the repository's commit 4daf6b7 instead applies a 150-tap "
+            "`firwin` once, causally, delaying the signal 75 samples); ecgfm applies a "
+            "zero-phase Butterworth band-pass with the same corners at 100 Hz: the pass band "
+            "matches, the roll-off does not exactly.",
             "Scaling: each lead to [-1, 1] by its minimum and maximum, `2 (x - min) / (max - "
             "min + 1e-8) - 1` (code/utils.py `scaling`). The original scales the whole record "
             "before cropping; ecgfm scales the window it feeds the model.",

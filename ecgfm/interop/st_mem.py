@@ -15,7 +15,13 @@ import re
 
 from ecgfm.data.preprocessing import Preprocessing
 from ecgfm.interop.base import Imported, sha256
-from ecgfm.interop.convert import Entry, abstract_classifier, fill
+from ecgfm.interop.convert import (
+    Entry,
+    abstract_classifier,
+    fill,
+    linear_entries,
+    norm_entries,
+)
 from ecgfm.interop.keys import architecture_key_error
 from ecgfm.interop.torch_file import find_state_dict, read_torch_checkpoint
 
@@ -44,16 +50,7 @@ def infer_hparams(state: dict, *, dim_head: int = 64) -> dict:
 
 
 def _entries(hparams: dict, with_head: bool) -> list[Entry]:
-    def linear(key, path, bias=True):
-        out = [Entry(f"{key}.weight", ("params", *path, "kernel"), "linear")]
-        return out + ([Entry(f"{key}.bias", ("params", *path, "bias"))] if bias else [])
-
-    def norm(key, path):
-        return [
-            Entry(f"{key}.weight", ("params", *path, "scale")),
-            Entry(f"{key}.bias", ("params", *path, "bias")),
-        ]
-
+    linear, norm = linear_entries, norm_entries
     enc = ("encoder",)
     entries = norm("to_patch_embedding.1", (*enc, "patch_norm"))
     entries += linear("to_patch_embedding.2", (*enc, "patch_embed"))

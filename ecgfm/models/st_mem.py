@@ -95,9 +95,11 @@ def _dense(c_in: int, c_out: int, config: StMemViTConfig, rngs: nnx.Rngs, *, bia
 
 
 def _layer_norm(features: int, config: StMemViTConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Variance as mean((x - mean)²), as PyTorch computes it (see wav2vec2._Layers).
     return nnx.LayerNorm(
         features,
         epsilon=1e-5,
+        use_fast_variance=False,
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.dtype(config.param_dtype),
         rngs=rngs,
