@@ -309,7 +309,9 @@ def read(
             "fine-tuning."
         )
     if label_names is not None and len(label_names) != num_classes:
-        raise ValueError(f"{len(label_names)} label names for a head with {num_classes} outputs")
+        raise ValueError(
+            f"{src}: {len(label_names)} label names for a head with {num_classes} outputs"
+        )
     return Imported(
         model="wav2vec2",
         hparams=hparams,
