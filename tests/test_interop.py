@@ -430,6 +430,23 @@ def test_hubert_ecg_matches_the_original(tmp_path, variant):
     assert "CC BY-NC 4.0" in spec["license"] and "head" not in spec
 
 
+def test_hubert_ecg_reads_a_pytorch_model_bin_beside_its_config(tmp_path):
+    """Older Hub folders hold `pytorch_model.bin` (a torch.save'd state_dict) instead."""
+    hubert, config = _hubert_config()
+    torch.manual_seed(0)
+    model = hubert.HuBERTECG(hubert.HuBERTECGConfig(vocab_sizes=[10], **config)).eval()
+    _randomise(model)
+    model.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    encoder = ecgfm.load_encoder(import_checkpoint("hubert_ecg", tmp_path / "hf", tmp_path / "e"))
+    signal = _signal(2, 500)
+    with torch.no_grad():
+        hidden = model(_leads_end_to_end(signal)).last_hidden_state.numpy()
+    _close(encoder(signal, 100), hidden.mean(1))
+    assert "pytorch_model.bin" in encoder.config["source"]["file"]
+
+
 def test_hubert_ecg_classifier_keeps_its_head_and_label_names(tmp_path):
     hubert, config = _hubert_config()
     names = ["AF", "RBBB", "LBBB"]
