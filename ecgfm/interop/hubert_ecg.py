@@ -180,22 +180,21 @@ def read(src: str | pathlib.Path) -> Imported:
         raise ValueError(f"{config_path}: not valid JSON ({error})") from None
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
-    state = _read_state(weights)
     if config.get("use_label_embedding") or config.get("classifier_hidden_size"):
         raise ValueError(
             f"{config_path}: a HuBERT-ECG classifier with an MLP or label-embedding head "
             "(classifier_hidden_size / use_label_embedding); only the linear head is supported"
         )
-    if "classifier.weight" in state or any(k.startswith("hubert_ecg.") for k in state):
-        state = {k.removeprefix("hubert_ecg."): v for k, v in state.items()}
-    dropped = sorted(k for k in state if _PRETRAINING_ONLY.match(k))
-    state = {k: v for k, v in state.items() if k not in dropped}
-    state = fold_weight_norm(state, _POS_CONV, 2, str(weights))
     task_type = config.get("task_type", "multi_label")
     if task_type not in ACTIVATIONS:
         raise ValueError(
             f"{config_path}: unknown task_type {task_type!r}; known: {list(ACTIVATIONS)}"
         )
+    # A classifier keeps the backbone under `hubert_ecg.`; a pre-trained model has no prefix.
+    state = {k.removeprefix("hubert_ecg."): v for k, v in _read_state(weights).items()}
+    dropped = sorted(k for k in state if _PRETRAINING_ONLY.match(k))
+    state = {k: v for k, v in state.items() if k not in dropped}
+    state = fold_weight_norm(state, _POS_CONV, 2, str(weights))
     hparams, params, model_state, head_params, num_classes = wav2vec2.read_arrays(
         state, lambda: infer_hparams(config), KEYS, str(weights), _HINT
     )
